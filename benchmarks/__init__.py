@@ -1,0 +1,1 @@
+"""Benchmarks: eager vs compiled vs cached."""

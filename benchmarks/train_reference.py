@@ -1,0 +1,474 @@
+#!/usr/bin/env python
+"""Train ditcache's reference model: a small class-conditional DiT on Fashion-MNIST.
+
+The model is a diffusers ``DiTTransformer2DModel`` (adaLN-zero blocks, the same block type as
+DiT-XL/2) on 28x28x1 pixels, patch 4 (7x7 = 49 tokens), 12 blocks, width 128 (4 heads x 32),
+10 classes (+ null class 10 for classifier-free guidance, added by diffusers' LabelEmbedding,
+which drops labels with p=0.1 in train mode). Epsilon prediction, DDPM schedule with 1000
+steps and linear betas 1e-4..0.02 (as in DiT), uniform t, MSE loss, AdamW, EMA of weights.
+
+Checkpoints (EMA weights) are written atomically as a diffusers folder:
+    <out-dir>/config.json, diffusion_pytorch_model.safetensors, scheduler_config.json,
+    training.json
+
+Examples:
+    # train until 13:55 UTC (or 20000 steps), checkpoint every 500 steps
+    python benchmarks/train_reference.py --deadline 13:55 --max-steps 20000 --ckpt-every 500
+
+    # quick smoke test without touching the shipped weights
+    python benchmarks/train_reference.py --max-steps 20 --out-dir /tmp/dit-smoke \\
+        --results-dir /tmp/dit-smoke-results
+
+    # sample one image per class from the latest checkpoint (DDIM 50 steps, guidance 4)
+    python benchmarks/train_reference.py --sample-only
+
+The data reader ``load_fashion_mnist(split)`` is importable by other benchmark scripts.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime as _dt
+import gzip
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+DEFAULT_OUT_DIR = str(REPO_ROOT / "graphs" / "weights" / "dit-fmnist")
+DEFAULT_RESULTS_DIR = str(REPO_ROOT / "benchmarks" / "results" / "train_dit_fmnist")
+
+CLASS_NAMES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+NUM_CLASSES = 10
+NULL_CLASS = 10  # index appended by diffusers' LabelEmbedding when dropout_prob > 0
+
+MODEL_CONFIG = dict(
+    sample_size=28,
+    patch_size=4,
+    in_channels=1,
+    out_channels=1,
+    num_layers=12,
+    num_attention_heads=4,
+    attention_head_dim=32,
+    num_embeds_ada_norm=NUM_CLASSES,
+    norm_type="ada_norm_zero",
+)
+SCHEDULE_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=1e-4,
+    beta_end=0.02,
+    beta_schedule="linear",
+    prediction_type="epsilon",
+    clip_sample=False,
+)
+
+_INSTALL_HINT = (
+    "Fashion-MNIST idx files not found in {d!r}. Install them with\n"
+    "    sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist\n"
+    "(files land in /usr/share/datasets/fashion-mnist/) or pass --data-dir pointing at a folder\n"
+    "containing train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-*."
+)
+
+
+# --------------------------------------------------------------------------- data
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte idx file")
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    return arr.reshape(dims)
+
+
+def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike = DEFAULT_DATA_DIR):
+    """Return (images uint8 (N, 28, 28), labels int64 (N,)) for split 'train' or 'test'."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    d = Path(data_dir)
+    out = []
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        for name in (f"{prefix}-{kind}.gz", f"{prefix}-{kind}"):
+            if (d / name).exists():
+                out.append(_read_idx(d / name))
+                break
+        else:
+            raise FileNotFoundError(_INSTALL_HINT.format(d=str(d)))
+    images, labels = out
+    return images, labels.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- helpers
+def parse_deadline(s: str | None) -> float | None:
+    """'HH:MM' (UTC, today; tomorrow if already past) or ISO datetime -> unix time."""
+    if not s:
+        return None
+    now = _dt.datetime.now(_dt.timezone.utc)
+    if len(s) <= 5 and ":" in s:
+        hh, mm = (int(x) for x in s.split(":"))
+        t = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+        if t < now - _dt.timedelta(hours=12):
+            t += _dt.timedelta(days=1)
+        return t.timestamp()
+    t = _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.timestamp()
+
+
+def build_model():
+    from diffusers import DiTTransformer2DModel
+    return DiTTransformer2DModel(**MODEL_CONFIG)
+
+
+def build_scheduler():
+    from diffusers import DDPMScheduler
+    return DDPMScheduler(**SCHEDULE_CONFIG)
+
+
+def save_checkpoint(ema_model, scheduler, out_dir: str, meta: dict) -> None:
+    """Write the diffusers folder to a temp dir, then swap it in with renames."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ema_model.save_pretrained(str(tmp), safe_serialization=True)
+    scheduler.save_config(str(tmp))
+    with open(tmp / "training.json", "w") as f:
+        json.dump(meta, f, indent=2)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def plot_losses(csv_path: Path, png_path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing; skipping plot (pip install matplotlib)", flush=True)
+        return
+    rows = list(csv.DictReader(open(csv_path)))
+    if not rows:
+        return
+    step = [int(r["step"]) for r in rows]
+    loss = [float(r["loss"]) for r in rows]
+    ema = [float(r["ema_loss"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(step, loss, lw=0.5, alpha=0.4, label="loss (mean over log interval)")
+    ax.plot(step, ema, lw=1.5, label="EMA of loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("epsilon MSE")
+    ax.set_title("DiT (12x128, p4) on Fashion-MNIST")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    tmp = png_path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+# --------------------------------------------------------------------------- sampling
+def sample_grid(model_dir: str, results_dir: str, guidance: float = 4.0, steps: int = 50,
+                seed: int = 0, tag: str | None = None) -> Path:
+    """Sample one image per class (DDIM, CFG with null label 10) and save a PNG grid."""
+    import torch
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+    model = DiTTransformer2DModel.from_pretrained(model_dir).eval()
+    sched = DDIMScheduler.from_pretrained(model_dir)
+    sched.set_timesteps(steps)
+    meta_path = Path(model_dir) / "training.json"
+    step_tag = tag
+    if step_tag is None:
+        step_tag = str(json.load(open(meta_path)).get("step", "x")) if meta_path.exists() else "x"
+
+    g = torch.Generator().manual_seed(seed)
+    n = NUM_CLASSES
+    x = torch.randn(n, 1, 28, 28, generator=g)
+    labels = torch.arange(n)
+    labels_in = torch.cat([labels, torch.full_like(labels, NULL_CLASS)])
+    with torch.no_grad():
+        for t in sched.timesteps:
+            xin = torch.cat([x, x])
+            tt = torch.full((2 * n,), int(t), dtype=torch.long)
+            eps = model(xin, timestep=tt, class_labels=labels_in).sample
+            eps_c, eps_u = eps.chunk(2)
+            eps = eps_u + guidance * (eps_c - eps_u)
+            x = sched.step(eps, t, x).prev_sample
+    imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).squeeze(1).numpy()
+
+    # grid: one row, each cell 28x28 scaled x4 with 1-px gap
+    scale, gap = 4, 4
+    H = 28 * scale
+    grid = np.full((H, n * (H + gap) - gap), 255, dtype=np.uint8)
+    for i in range(n):
+        big = np.kron(imgs[i], np.ones((scale, scale), dtype=np.uint8))
+        grid[:, i * (H + gap): i * (H + gap) + H] = big
+    out = Path(results_dir) / f"samples_{step_tag}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(n * 1.3, 1.9))
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([i * (H + gap) + H / 2 for i in range(n)])
+        ax.set_xticklabels(CLASS_NAMES, fontsize=7)
+        ax.set_yticks([])
+        ax.set_title(f"step {step_tag}: DDIM {steps} steps, CFG {guidance}, seed {seed}", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+    except ImportError:
+        from PIL import Image
+        Image.fromarray(grid).save(out)
+    return out
+
+
+# --------------------------------------------------------------------------- training
+def train(args) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    auto_threads = args.threads == 0
+    cur_threads = 2 if auto_threads else args.threads
+    torch.set_num_threads(cur_threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    deadline = parse_deadline(args.deadline)
+    t_start = time.time()
+
+    images, labels = load_fashion_mnist("train", args.data_dir)
+    x_all = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).unsqueeze(1)  # [-1, 1]
+    y_all = torch.from_numpy(labels)
+    N = x_all.shape[0]
+
+    model = build_model().train()
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    sched = build_scheduler()
+    acp = sched.alphas_cumprod.float()
+    sqrt_acp, sqrt_1macp = acp.sqrt(), (1 - acp).sqrt()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                            betas=(0.9, 0.999))
+    n_params = sum(p.numel() for p in model.parameters())
+
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    csv_path = results / args.csv_name
+    new_csv = not csv_path.exists() or args.overwrite_log
+    csv_f = open(csv_path, "w" if new_csv else "a", newline="")
+    writer = csv.writer(csv_f)
+    if new_csv:
+        writer.writerow(["step", "loss", "ema_loss", "lr", "seconds"])
+        csv_f.flush()
+
+    command = " ".join([Path(sys.executable).name] + sys.argv)
+    print(f"params={n_params} ({n_params * 4 / 2**20:.1f} MiB fp32) N={N} bf16={args.bf16} "
+          f"threads={torch.get_num_threads()} deadline="
+          f"{_dt.datetime.fromtimestamp(deadline, _dt.timezone.utc).isoformat() if deadline else None}",
+          flush=True)
+
+    def meta(step, last_loss, ema_loss):
+        return dict(
+            dataset="Fashion-MNIST (train split, 60000 images, Debian package dataset-fashion-mnist)",
+            data_dir=str(args.data_dir),
+            normalisation="x = uint8 / 127.5 - 1  (pixels in [-1, 1]), shape (N, 1, 28, 28)",
+            class_names=CLASS_NAMES,
+            num_classes=NUM_CLASSES,
+            null_class_index=NULL_CLASS,
+            label_dropout_p=0.1,
+            prediction="epsilon",
+            noise_schedule=SCHEDULE_CONFIG,
+            model_config=MODEL_CONFIG,
+            weights="EMA",
+            ema_decay=args.ema_decay,
+            optimizer=dict(name="AdamW", lr=args.lr, warmup_steps=args.warmup_steps,
+                           weight_decay=args.weight_decay, betas=[0.9, 0.999],
+                           grad_clip=args.grad_clip),
+            batch_size=args.batch_size,
+            bf16_autocast=bool(args.bf16),
+            step=step,
+            last_logged_loss=last_loss,
+            ema_loss=ema_loss,
+            seed=args.seed,
+            wall_seconds=round(time.time() - t_start, 1),
+            saved_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            command=command,
+            machine="2-core CPU (AMD EPYC, avx512_bf16), shared with other jobs; torch threads: "
+                    + ("adaptive 1/2" if auto_threads else str(args.threads)),
+        )
+
+    gen = torch.Generator().manual_seed(args.seed)
+    perm = torch.randperm(N, generator=gen)
+    pos = 0
+    step = 0
+    ema_loss = None
+    acc, acc_n = 0.0, 0
+    t_last = time.time()
+    step_time = None
+    last_logged = float("nan")
+    stop_reason = "max-steps"
+    # --threads 0: the machine is shared, and 2 OpenMP threads on 2 cores thrash badly when
+    # other processes compete. Keep a running s/step estimate per thread count, probe the
+    # other count for a few steps every --probe-every steps, and keep the faster one.
+    est_by_threads = {1: None, 2: None}
+    probe_left, probe_times, base_threads = 0, [], cur_threads
+    while step < args.max_steps:
+        if auto_threads and step > 0:
+            if probe_left == 0 and step % args.probe_every == 0:
+                base_threads, cur_threads = cur_threads, 3 - cur_threads
+                torch.set_num_threads(cur_threads)
+                probe_left, probe_times = args.probe_steps, []
+        if deadline is not None:
+            est = step_time if step_time is not None else 5.0
+            if time.time() + est + args.deadline_margin > deadline:
+                stop_reason = "deadline"
+                break
+        t0 = time.time()
+        if pos + args.batch_size > N:
+            perm = torch.randperm(N, generator=gen)
+            pos = 0
+        idx = perm[pos: pos + args.batch_size]
+        pos += args.batch_size
+        x0, y = x_all[idx], y_all[idx]
+        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        xt = sqrt_acp[t].view(-1, 1, 1, 1) * x0 + sqrt_1macp[t].view(-1, 1, 1, 1) * noise
+
+        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
+            pred = model(xt, timestep=t, class_labels=y).sample
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        step += 1
+        # EMA of weights (warm-up of the decay so early checkpoints are usable)
+        d = min(args.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+
+        lv = loss.item()
+        if not math.isfinite(lv):
+            raise RuntimeError(f"non-finite loss at step {step}")
+        ema_loss = lv if ema_loss is None else 0.98 * ema_loss + 0.02 * lv
+        acc += lv
+        acc_n += 1
+        dt = time.time() - t0
+        step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+        if auto_threads:
+            if probe_left > 0:
+                probe_times.append(dt)
+                probe_left -= 1
+                if probe_left == 0:
+                    est_by_threads[cur_threads] = float(np.median(probe_times[1:] or probe_times))
+                    other = est_by_threads[base_threads]
+                    if other is not None and other < est_by_threads[cur_threads]:
+                        cur_threads = base_threads
+                        torch.set_num_threads(cur_threads)
+                    print(f"threads probe: s/step est {est_by_threads} -> using {cur_threads}",
+                          flush=True)
+            else:
+                e = est_by_threads[cur_threads]
+                est_by_threads[cur_threads] = dt if e is None else 0.9 * e + 0.1 * dt
+
+        if step % args.log_every == 0 or step == args.max_steps:
+            last_logged = acc / acc_n
+            el = time.time() - t_start
+            writer.writerow([step, f"{last_logged:.6f}", f"{ema_loss:.6f}", f"{lr:.3e}", f"{el:.1f}"])
+            csv_f.flush()
+            print(f"step {step} loss {last_logged:.4f} ema_loss {ema_loss:.4f} lr {lr:.2e} "
+                  f"s/step {(time.time() - t_last) / acc_n:.3f} threads {torch.get_num_threads()} "
+                  f"load {os.getloadavg()[0]:.1f} elapsed {el:.0f}s", flush=True)
+            acc, acc_n = 0.0, 0
+            t_last = time.time()
+        if args.ckpt_every and step % args.ckpt_every == 0:
+            save_checkpoint(ema, sched, args.out_dir, meta(step, last_logged, ema_loss))
+            plot_losses(csv_path, results / "loss_curve.png")
+            print(f"checkpoint step {step} -> {args.out_dir}", flush=True)
+
+    save_checkpoint(ema, sched, args.out_dir, meta(step, last_logged, ema_loss))
+    csv_f.close()
+    plot_losses(csv_path, results / "loss_curve.png")
+    print(f"done: stop={stop_reason} step={step} wall={time.time() - t_start:.0f}s "
+          f"ema_loss={ema_loss} -> {args.out_dir}", flush=True)
+    if args.sample_at_end:
+        out = sample_grid(args.out_dir, args.results_dir, guidance=args.guidance,
+                          steps=args.sample_steps)
+        print(f"samples -> {out}", flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__[__doc__.index("Examples:"):],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="folder with Fashion-MNIST idx(.gz) files")
+    p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help="diffusers folder for the EMA checkpoint")
+    p.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="loss CSV / plots / samples")
+    p.add_argument("--csv-name", default="loss.csv")
+    p.add_argument("--overwrite-log", action="store_true", help="start a fresh loss CSV")
+    p.add_argument("--max-steps", type=int, default=20000)
+    p.add_argument("--deadline", default=None,
+                   help="wall-clock stop time, 'HH:MM' (UTC) or ISO datetime; saves and exits before it")
+    p.add_argument("--deadline-margin", type=float, default=30.0,
+                   help="seconds kept free before the deadline for the final save")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="0 disables")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--bf16", type=int, default=0, help="1: bf16 autocast on CPU")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch intra-op threads; 0 = adaptive 1/2 (probes which is faster on a shared CPU)")
+    p.add_argument("--probe-every", type=int, default=100, help="--threads 0: probe interval (steps)")
+    p.add_argument("--probe-steps", type=int, default=8, help="--threads 0: steps per probe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--sample-at-end", type=int, default=1)
+    p.add_argument("--sample-only", action="store_true",
+                   help="only sample one image per class from --out-dir and save a PNG grid")
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--sample-seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.sample_only:
+        import torch
+        torch.set_num_threads(args.threads)
+        out = sample_grid(args.out_dir, args.results_dir, guidance=args.guidance,
+                          steps=args.sample_steps, seed=args.sample_seed)
+        print(out)
+        return
+    train(args)
+
+
+if __name__ == "__main__":
+    main()

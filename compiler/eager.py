@@ -1,0 +1,31 @@
+"""The eager backend: variants run as plain PyTorch, the reference every other backend is checked against."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from ditcache.graphs.plan import Plan, Variant
+from ditcache.graphs.segments import DenoiserParts, Segment
+from ditcache.graphs.variants import build_segments, run_variant
+
+from .dispatcher import VariantFn
+
+
+def segment_variant_fn(plan: Plan, variant: Variant, segments: Mapping[str, Segment], hidden: str = "h") -> VariantFn:
+    """A variant that chains callable segments on the host (segment granularity)."""
+    inputs_of = {k: s.inputs for k, s in segments.items()}
+
+    def run(inputs, caches, corrections):
+        return run_variant(plan, variant, lambda name, xs: segments[name](*xs), inputs_of, inputs, caches,
+                           corrections, hidden)
+
+    return run
+
+
+def eager_variants(parts: DenoiserParts, plan: Plan) -> dict[str, VariantFn]:
+    """One eager callable per variant of ``plan``, all sharing the model's parameters."""
+    segments = build_segments(parts, plan)
+    fns = {v.name: segment_variant_fn(plan, v, segments, parts.hidden_name) for v in plan.variants}
+    return {name: torch.no_grad()(fn) for name, fn in fns.items()}

@@ -1,0 +1,6 @@
+"""ditcache: compile Diffusion Transformer sampling with step caching (Δ-DiT, block caching).
+
+The folders graphs/, compiler/, export/ and benchmarks/ install as ``ditcache.graphs`` and so on.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Ahead of time: export-engines, the manifest, the artifact store."""

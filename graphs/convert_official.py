@@ -1,0 +1,94 @@
+"""Key conversion from the official facebookresearch/DiT checkpoint to diffusers' DiTTransformer2DModel."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+# official per-block key suffix -> diffusers per-block key suffix (qkv is split separately)
+_BLOCK_KEYS = {
+    "adaLN_modulation.1.weight": "norm1.linear.weight",
+    "adaLN_modulation.1.bias": "norm1.linear.bias",
+    "attn.proj.weight": "attn1.to_out.0.weight",
+    "attn.proj.bias": "attn1.to_out.0.bias",
+    "mlp.fc1.weight": "ff.net.0.proj.weight",
+    "mlp.fc1.bias": "ff.net.0.proj.bias",
+    "mlp.fc2.weight": "ff.net.2.weight",
+    "mlp.fc2.bias": "ff.net.2.bias",
+}
+
+# official shared conditioning key -> diffusers key inside every block's norm1.emb
+_SHARED_EMB_KEYS = {
+    "t_embedder.mlp.0.weight": "timestep_embedder.linear_1.weight",
+    "t_embedder.mlp.0.bias": "timestep_embedder.linear_1.bias",
+    "t_embedder.mlp.2.weight": "timestep_embedder.linear_2.weight",
+    "t_embedder.mlp.2.bias": "timestep_embedder.linear_2.bias",
+    "y_embedder.embedding_table.weight": "class_embedder.embedding_table.weight",
+}
+
+_TOP_KEYS = {
+    "x_embedder.proj.weight": "pos_embed.proj.weight",
+    "x_embedder.proj.bias": "pos_embed.proj.bias",
+    "final_layer.adaLN_modulation.1.weight": "proj_out_1.weight",
+    "final_layer.adaLN_modulation.1.bias": "proj_out_1.bias",
+    "final_layer.linear.weight": "proj_out_2.weight",
+    "final_layer.linear.bias": "proj_out_2.bias",
+}
+
+# the official fixed sin-cos table; diffusers rebuilds the same table as a buffer
+_IGNORED = {"pos_embed"}
+
+
+def is_official_state_dict(state: dict[str, torch.Tensor]) -> bool:
+    """True when ``state`` uses the facebookresearch/DiT key names."""
+    return "x_embedder.proj.weight" in state and "final_layer.linear.weight" in state
+
+
+def unwrap_checkpoint(obj: object) -> dict[str, torch.Tensor]:
+    """The model state dict of an official ``.pt`` (a bare state dict, or a training checkpoint's ``ema``/``model``)."""
+    if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
+        return obj["ema"]
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        return obj["model"]
+    if isinstance(obj, dict):
+        return obj
+    raise ValueError(f"checkpoint holds a {type(obj).__name__}, expected a state dict")
+
+
+def convert_official_state_dict(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """Rename an official DiT state dict into diffusers keys.
+
+    The official model has one timestep/label embedder shared by all blocks; diffusers gives each
+    block's ``norm1.emb`` its own copy, so those tensors are repeated ``num_layers`` times.
+    Raises ValueError naming the first key it cannot place.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in _IGNORED:
+            continue
+        if key in _TOP_KEYS:
+            out[_TOP_KEYS[key]] = value
+            continue
+        if key in _SHARED_EMB_KEYS:
+            for i in range(num_layers):
+                out[f"transformer_blocks.{i}.norm1.emb.{_SHARED_EMB_KEYS[key]}"] = value
+            continue
+        match = _BLOCK.match(key)
+        if match is None:
+            raise ValueError(f"official checkpoint key {key!r} has no diffusers counterpart")
+        index, rest = match.groups()
+        prefix = f"transformer_blocks.{index}."
+        if rest in ("attn.qkv.weight", "attn.qkv.bias"):
+            kind = rest.rsplit(".", 1)[1]
+            q, k, v = value.chunk(3, dim=0)  # (3D, D) -> 3 x (D, D)
+            out[prefix + f"attn1.to_q.{kind}"] = q
+            out[prefix + f"attn1.to_k.{kind}"] = k
+            out[prefix + f"attn1.to_v.{kind}"] = v
+        elif rest in _BLOCK_KEYS:
+            out[prefix + _BLOCK_KEYS[rest]] = value
+        else:
+            raise ValueError(f"official checkpoint key {key!r} has no diffusers counterpart")
+    return out

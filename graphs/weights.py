@@ -1,0 +1,163 @@
+"""Weight loading from local paths only: diffusers folders, the HF cache, official .pt, safetensors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .convert_official import convert_official_state_dict, is_official_state_dict, unwrap_checkpoint
+from .registry import ModelSpec
+
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be found or do not fit the requested model."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a model's weights came from and their content hash."""
+
+    source: str
+    sha256: str
+    random: bool = False
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """An eval-mode diffusers model of ``spec`` with freshly initialised weights."""
+    if spec.family != "dit":
+        raise NotImplementedError(f"model family {spec.family!r} is not supported yet")
+    from diffusers import DiTTransformer2DModel
+
+    return DiTTransformer2DModel(**spec.config).eval()
+
+
+def hf_cache_dirs(repo: str) -> list[Path]:
+    """Snapshot folders of ``repo`` in the local Hugging Face cache (never downloads)."""
+    roots = []
+    if os.environ.get("HF_HUB_CACHE"):
+        roots.append(Path(os.environ["HF_HUB_CACHE"]))
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    roots.append(hf_home / "hub")
+    folder = "models--" + repo.replace("/", "--")
+    found = []
+    for root in roots:
+        snapshots = root / folder / "snapshots"
+        if snapshots.is_dir():
+            found.extend(sorted(p for p in snapshots.iterdir() if p.is_dir()))
+    return found
+
+
+def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None) -> Path:
+    """The weights path to load for ``spec``: explicit, bundled, or found in the local HF cache."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.exists():
+            raise WeightsError(f"weights path {str(path)!r} does not exist")
+        return path
+    if spec.bundled_path is not None and spec.bundled_path.is_dir():
+        return spec.bundled_path
+    if spec.hf_repo:
+        for snapshot in hf_cache_dirs(spec.hf_repo):
+            if (snapshot / "transformer").is_dir() or (snapshot / "config.json").is_file():
+                return snapshot
+    hint = f" (looked in the local Hugging Face cache for {spec.hf_repo})" if spec.hf_repo else ""
+    raise WeightsError(
+        f"no weights found for model {spec.name!r}{hint}. Give one of:\n"
+        f"  --weights DIR        a diffusers model folder (or a pipeline folder with transformer/),\n"
+        f"                       e.g. a local copy of {spec.hf_repo or 'the model'}\n"
+        f"  --weights FILE.pt    the official facebookresearch/DiT checkpoint (e.g. DiT-XL-2-256x256.pt),\n"
+        f"                       or a .safetensors file with diffusers or official keys\n"
+        f"  --random-weights     random initialisation, for timing only (outputs are noise)"
+    )
+
+
+def _weight_file(path: Path) -> Path:
+    """The single weights file behind a folder or file path."""
+    if path.is_file():
+        return path
+    folder = path / "transformer" if (path / "transformer").is_dir() else path
+    for name in _WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    sharded = sorted(folder.glob("diffusion_pytorch_model-*.safetensors"))
+    if sharded:
+        raise WeightsError(f"{folder} holds sharded weights; merge them into one safetensors file first")
+    raise WeightsError(
+        f"{folder} has no {' or '.join(_WEIGHT_FILES)}; point --weights at a diffusers model folder "
+        f"(the one with config.json) or at a checkpoint file"
+    )
+
+
+def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors, .bin or .pt file, on the CPU."""
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    obj = torch.load(str(file), map_location="cpu", weights_only=True)
+    return unwrap_checkpoint(obj)
+
+
+def sha256_file(file: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec, source: str) -> None:
+    """Raise WeightsError naming the first tensor of ``state`` that does not fit ``model``."""
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            if key.endswith("pos_embed.pos_embed"):
+                continue  # fixed sin-cos buffer, rebuilt by the model
+            raise WeightsError(
+                f"weights {source} do not fit {spec.name}: tensor {key!r} (shape {tuple(tensor.shape)}) is missing; "
+                f"are these weights for another model? choose the matching --model"
+            )
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise WeightsError(
+                f"weights {source} do not fit {spec.name}: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                f"{spec.name} needs {tuple(tensor.shape)}; choose the --model these weights were trained as"
+            )
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise WeightsError(
+            f"weights {source} do not fit {spec.name}: unexpected tensor {extra[0]!r} "
+            f"({len(extra)} unexpected in all); choose the --model these weights were trained as"
+        )
+
+
+def load_model(
+    spec: ModelSpec,
+    weights: str | os.PathLike | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+) -> tuple[nn.Module, WeightsInfo]:
+    """Build ``spec`` in eval mode and load its weights; random weights only when asked for."""
+    if random_weights:
+        if weights is not None:
+            raise WeightsError("give either --weights or --random-weights, not both")
+        torch.manual_seed(seed)
+        model = build_model(spec)
+        return model, WeightsInfo(source=f"random(seed={seed})", sha256=f"random-seed-{seed}", random=True)
+    path = resolve_weights(spec, weights)
+    file = _weight_file(path)
+    state = read_state_dict(file)
+    if is_official_state_dict(state):
+        state = convert_official_state_dict(state, spec.num_blocks)
+    model = build_model(spec)
+    check_state_dict(model, state, spec, str(file))
+    model.load_state_dict(state, strict=False)  # strictness checked above, pos_embed buffer excepted
+    return model.eval(), WeightsInfo(source=str(file), sha256=sha256_file(file))
+
