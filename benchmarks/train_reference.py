@@ -12,8 +12,9 @@ Checkpoints (EMA weights) are written atomically as a diffusers folder:
     training.json
 
 Examples:
-    # train until 13:55 UTC (or 20000 steps), checkpoint every 500 steps
-    python benchmarks/train_reference.py --deadline 13:55 --max-steps 20000 --ckpt-every 500
+    # train until 13:55 UTC (or 20000 steps), checkpoint every 500 steps, adaptive 1/2 threads
+    python benchmarks/train_reference.py --deadline 13:55 --max-steps 20000 --ckpt-every 500 \\
+        --seed 0 --threads 0 --overwrite-log
 
     # quick smoke test without touching the shipped weights
     python benchmarks/train_reference.py --max-steps 20 --out-dir /tmp/dit-smoke \\
@@ -243,6 +244,47 @@ def sample_grid(model_dir: str, results_dir: str, guidance: float = 4.0, steps: 
     return out
 
 
+README_BEGIN = "<!-- run-status:begin (written by train_reference.py --update-readme) -->"
+README_END = "<!-- run-status:end -->"
+
+
+def update_readme(model_dir: str, results_dir: str, csv_name: str = "loss.csv") -> Path:
+    """Fill the run-status block of README.md with the checkpoint's facts."""
+    meta = json.load(open(Path(model_dir) / "training.json"))
+    rows = list(csv.DictReader(open(Path(results_dir) / csv_name)))
+    last = rows[-1] if rows else {}
+    tail = rows[-20:]
+    mean_tail = sum(float(r["loss"]) for r in tail) / max(1, len(tail))
+    size = (Path(model_dir) / "diffusion_pytorch_model.safetensors").stat().st_size
+    samples = sorted(Path(results_dir).glob("samples_*.png"))
+    lines = [
+        README_BEGIN,
+        f"- checkpoint step: **{meta['step']}** (saved {meta['saved_utc']}, EMA weights, "
+        f"{size / 2**20:.1f} MiB safetensors)",
+        f"- wall time of the run at that checkpoint: {meta['wall_seconds']:.0f} s "
+        f"({meta['wall_seconds'] / 3600:.2f} h)",
+        f"- last CSV row: step {last.get('step')}, loss {last.get('loss')}, "
+        f"ema_loss {last.get('ema_loss')}, lr {last.get('lr')}, t {last.get('seconds')} s",
+        f"- mean logged loss over the last {len(tail)} log rows: {mean_tail:.4f}",
+        f"- command: `{meta['command']}`",
+        f"- seed {meta['seed']}, batch {meta['batch_size']}, bf16 autocast {meta['bf16_autocast']}",
+        f"- machine: {meta['machine']}",
+        "- sample grids: " + (", ".join(f"`{p.name}`" for p in samples) or "none yet"),
+        README_END,
+    ]
+    readme = Path(results_dir) / "README.md"
+    text = readme.read_text() if readme.exists() else ""
+    block = "\n".join(lines)
+    if README_BEGIN in text and README_END in text:
+        pre = text[: text.index(README_BEGIN)]
+        post = text[text.index(README_END) + len(README_END):]
+        text = pre + block + post
+    else:
+        text = text + "\n## Run status\n\n" + block + "\n"
+    readme.write_text(text)
+    return readme
+
+
 # --------------------------------------------------------------------------- training
 def train(args) -> None:
     import torch
@@ -385,6 +427,10 @@ def train(args) -> None:
             if probe_left > 0:
                 probe_times.append(dt)
                 probe_left -= 1
+                base_est = est_by_threads[base_threads]
+                if (len(probe_times) >= 3 and base_est is not None
+                        and float(np.median(probe_times[1:])) > 1.5 * base_est):
+                    probe_left = 0  # clearly worse: cut the probe short
                 if probe_left == 0:
                     est_by_threads[cur_threads] = float(np.median(probe_times[1:] or probe_times))
                     other = est_by_threads[base_threads]
@@ -448,7 +494,7 @@ def main(argv=None):
     p.add_argument("--bf16", type=int, default=0, help="1: bf16 autocast on CPU")
     p.add_argument("--threads", type=int, default=2,
                    help="torch intra-op threads; 0 = adaptive 1/2 (probes which is faster on a shared CPU)")
-    p.add_argument("--probe-every", type=int, default=100, help="--threads 0: probe interval (steps)")
+    p.add_argument("--probe-every", type=int, default=200, help="--threads 0: probe interval (steps)")
     p.add_argument("--probe-steps", type=int, default=8, help="--threads 0: steps per probe")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
@@ -459,10 +505,16 @@ def main(argv=None):
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--update-readme", action="store_true",
+                   help="rewrite the run-status block of <results-dir>/README.md from the "
+                        "checkpoint's training.json and the loss CSV, then exit")
     args = p.parse_args(argv)
+    if args.update_readme:
+        print(update_readme(args.out_dir, args.results_dir))
+        return
     if args.sample_only:
         import torch
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads or 2)
         out = sample_grid(args.out_dir, args.results_dir, guidance=args.guidance,
                           steps=args.sample_steps, seed=args.sample_seed)
         print(out)

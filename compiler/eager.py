@@ -29,3 +29,26 @@ def eager_variants(parts: DenoiserParts, plan: Plan) -> dict[str, VariantFn]:
     segments = build_segments(parts, plan)
     fns = {v.name: segment_variant_fn(plan, v, segments, parts.hidden_name) for v in plan.variants}
     return {name: torch.no_grad()(fn) for name, fn in fns.items()}
+
+
+class EagerBackend:
+    """Plain PyTorch: no artifacts; the graph's module is the callable."""
+
+    name = "eager"
+    writes_artifacts = False
+
+    def unavailable_reason(self, settings) -> str | None:
+        if settings.device == "cuda" and not torch.cuda.is_available():
+            return "CUDA was requested but torch.cuda.is_available() is False"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+    def build(self, graph, settings, directory):
+        return []
+
+    def load(self, graph, settings, files):
+        if graph.module is None:
+            raise ValueError(f"eager backend needs the model to run {graph.name}")
+        return torch.no_grad()(graph.module)

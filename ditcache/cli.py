@@ -1,4 +1,4 @@
-"""The ``ditcache`` command: show-plan, sample, demo."""
+"""The ``ditcache`` command: show-plan, sample, export-engines, run, demo."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   ditcache demo
+  ditcache export-engines --model dit-fmnist --schedule schedules/fmnist-delta-20.yaml --backend onnxruntime --out engines/
+  ditcache run --engines engines/ --classes 0 1 2 3 4 5 6 7 8 9 --out out/
   ditcache show-plan --model dit-xl --schedule schedules/dit-xl-delta-20.yaml
   ditcache sample --model dit-fmnist --schedule schedules/fmnist-delta-20.yaml --classes 0 1 2 --out out/
   ditcache sample --model dit-xl --random-weights --steps 20 --classes 207 --out out/   # timing only
@@ -111,10 +113,106 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--option takes KEY=VALUE (got {pair!r})")
+        key, value = pair.split("=", 1)
+        options[key] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false") else value
+    return options
+
+
+def cmd_export_engines(args: argparse.Namespace) -> int:
+    from ditcache.export.export_engines import ExportRequest, export_engines
+
+    request = ExportRequest(
+        model=args.model, schedule=args.schedule, out=args.out, backend=args.backend, weights=args.weights,
+        random_weights=args.random_weights, precision=args.precision, batch_size=args.batch_size,
+        guidance=not args.no_guidance, resolution=args.resolution, granularity=args.granularity,
+        device=args.device, options=_options(args.option), validate=not args.no_validate,
+    )
+    report = export_engines(request, log=lambda m: print(m, file=sys.stderr), progress=not args.quiet)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({"directory": str(report.directory), "rebuilt": report.rebuilt,
+                          "graphs": [asdict(g) for g in report.graphs], "seconds": report.seconds}, indent=2))
+    else:
+        print(report.summary())
+        print(f"wrote {report.directory / 'manifest.json'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ditcache.compiler.images import decode, grid, save_png, to_uint8
+    from ditcache.compiler.runner import sample_with_plan
+    from ditcache.compiler.sampling import SampleRequest
+    from ditcache.export.load import load_engines
+    from ditcache.graphs.schedule import load_schedule
+
+    classes = tuple(args.classes)
+    check = {"images": len(classes), "guidance": args.guidance > 1}
+    if args.schedule:
+        check["schedule"] = load_schedule(args.schedule)
+    loaded = load_engines(args.engines, weights=args.weights, device=args.device, **check)
+    request = SampleRequest(classes, loaded.plan.num_steps, args.guidance, args.seed, args.scheduler)
+    device = args.device or loaded.manifest.backend["settings"]["device"]
+    sample_with_plan(loaded.dispatcher, loaded.spec, request, device=device)  # warm-up / compile
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        latents = sample_with_plan(loaded.dispatcher, loaded.spec, request, device=device)
+        times.append(time.perf_counter() - start)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(latents.cpu(), out / "latents.pt")
+    np.save(out / "latents.npy", latents.cpu().numpy())
+    images = decode(latents.cpu(), loaded.spec, args.vae)
+    if images is not None:
+        save_png(grid(to_uint8(images), columns=min(len(classes), 10)), out / "grid.png",
+                 scale=1 if loaded.spec.latent else 2)
+    m = loaded.manifest
+    print(f"{loaded.spec.name} via {m.backend['name']} ({m.granularity}, {m.backend['settings']['precision']}): "
+          f"{len(classes)} images, {request.steps} {request.scheduler} steps, median {sorted(times)[len(times) // 2]:.3f} s "
+          f"over {args.repeats} runs (compile/warm-up excluded); wrote {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ditcache.demo import run_demo
 
     return run_demo(args)
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    from ditcache.compiler.backend import GRANULARITIES, PRECISIONS, backend_names
+
+    _add_model_args(p)
+    p.add_argument("--schedule", required=True, help="schedule.yaml")
+    p.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="(default: %(default)s)")
+    p.add_argument("--out", required=True, help="engine directory to write (resumable; unchanged graphs are reused)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--batch-size", type=int, default=1, help="images per call (the model batch doubles under CFG)")
+    p.add_argument("--no-guidance", action="store_true", help="export for sampling without classifier-free guidance")
+    p.add_argument("--resolution", type=int, help="image resolution in pixels (default: the model's)")
+    p.add_argument("--granularity", choices=GRANULARITIES,
+                   help="one graph per variant, or per segment shared by all variants (default: segment for "
+                        "tensorrt, variant otherwise)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="backend option, e.g. provider=cuda (onnxruntime), cuda_graphs=true (inductor)")
+    p.add_argument("--no-validate", action="store_true", help="skip the check of every graph against eager")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def export_engines_main(argv: list[str] | None = None) -> int:
+    """The ``export-engines`` alias: ``ditcache export-engines``."""
+    return main(["export-engines", *(sys.argv[1:] if argv is None else argv)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 
+    p = sub.add_parser("export-engines", help="compile every variant of a schedule and write an engine directory",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_export_args(p)
+    p.set_defaults(func=cmd_export_engines)
+
+    p = sub.add_parser("run", help="the compiled runner: sample from an engine directory",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engines", required=True, help="engine directory written by export-engines")
+    p.add_argument("--schedule", help="check that the engines were built for this schedule")
+    p.add_argument("--weights", help="model weights (inductor/eager engines compile from them; checked by sha256)")
+    p.add_argument("--device", help="override the device the engines were built for")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up")
+    p.add_argument("--vae", help="local diffusers VAE folder, to decode latent models to PNG")
+    p.add_argument("--out", default="samples", help="output folder (default: %(default)s)")
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("demo", help="the main job: full vs cached sampling on the shipped model",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
@@ -156,6 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+    except (ValueError, FileNotFoundError, NotImplementedError, RuntimeError) as exc:
         print(f"ditcache {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ def unwrap_checkpoint(obj: object) -> dict[str, torch.Tensor]:
         return obj["model"]
     if isinstance(obj, dict):
         return obj
-    raise ValueError(f"checkpoint holds a {type(obj).__name__}, expected a state dict")
+    raise ValueError(f"checkpoint holds a {type(obj).__name__}, expected a state dict of tensors")
 
 
 def convert_official_state_dict(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:

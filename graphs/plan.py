@@ -212,6 +212,19 @@ class Plan:
             "schedule": self.schedule,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        """Inverse of :meth:`to_dict` (what a manifest stores)."""
+        variants = {name: Variant(tuple(v["replay"]), tuple(v["record"])) for name, v in data["variants"].items()}
+        return cls(
+            int(data["num_blocks"]),
+            tuple(CacheRange(r["name"], int(r["start"]), int(r["end"])) for r in data["ranges"]),
+            tuple(variants[name] for name in data["steps"]),
+            data["cache"],
+            bool(data["corrected"]),
+            dict(data["schedule"]),
+        )
+
     def hash(self) -> str:
         """sha256 of the canonical plan (schedule included)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()

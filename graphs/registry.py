@@ -138,6 +138,19 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def at_resolution(spec: ModelSpec, resolution: int | None) -> ModelSpec:
+    """``spec`` generating ``resolution``-pixel images (the sin-cos position table follows; weights do not change)."""
+    if resolution is None or resolution == spec.image_size:
+        return spec
+    factor = 8 if spec.latent else 1
+    patch = spec.patch_size * factor
+    if resolution <= 0 or resolution % patch:
+        raise ValueError(f"--resolution must be a positive multiple of {patch} for {spec.name} (got {resolution})")
+    from dataclasses import replace
+
+    return replace(spec, config={**spec.config, "sample_size": resolution // factor})
+
+
 def get_spec(name: str) -> ModelSpec:
     """The registered spec called ``name``, or a ValueError listing the choices."""
     try:

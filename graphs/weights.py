@@ -50,7 +50,11 @@ def hf_cache_dirs(repo: str) -> list[Path]:
     for root in roots:
         snapshots = root / folder / "snapshots"
         if snapshots.is_dir():
-            found.extend(sorted(p for p in snapshots.iterdir() if p.is_dir()))
+            ref = root / folder / "refs" / "main"
+            main = snapshots / ref.read_text().strip() if ref.is_file() else None
+            if main is not None and main.is_dir():
+                found.append(main)  # what refs/main points to comes first
+            found.extend(sorted(p for p in snapshots.iterdir() if p.is_dir() and p != main))
     return found
 
 
@@ -96,13 +100,22 @@ def _weight_file(path: Path) -> Path:
 
 
 def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors, .bin or .pt file, on the CPU."""
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Tensors of a safetensors, .bin or .pt file, on the CPU (official training checkpoints included)."""
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(file))
-    obj = torch.load(str(file), map_location="cpu", weights_only=True)
-    return unwrap_checkpoint(obj)
+            return load_file(str(file))
+        import argparse
+
+        # official train.py checkpoints carry their argparse.Namespace beside the weights
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(str(file), map_location="cpu", weights_only=True)
+        return unwrap_checkpoint(obj)
+    except WeightsError:
+        raise
+    except Exception as exc:  # unreadable file: say which and why, no traceback
+        raise WeightsError(f"cannot read weights from {file}: {type(exc).__name__}: {exc}") from None
 
 
 def sha256_file(file: Path, chunk: int = 1 << 22) -> str:
@@ -112,6 +125,27 @@ def sha256_file(file: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+_ARCHITECTURE_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
+                      "out_channels", "num_embeds_ada_norm")
+
+
+def check_folder_config(file: Path, spec: ModelSpec) -> None:
+    """Raise WeightsError when a config.json beside the weights describes another architecture
+    (shapes alone cannot tell 2 heads x 16 from 4 heads x 8)."""
+    import json
+
+    config_file = file.parent / "config.json"
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text())
+    for key in _ARCHITECTURE_KEYS:
+        if key in config and config[key] is not None and key in spec.config and config[key] != spec.config[key]:
+            raise WeightsError(
+                f"{config_file} has {key}={config[key]} but {spec.name} needs {key}={spec.config[key]}; "
+                f"choose the --model these weights were trained as"
+            )
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec, source: str) -> None:
@@ -148,16 +182,21 @@ def load_model(
     if random_weights:
         if weights is not None:
             raise WeightsError("give either --weights or --random-weights, not both")
-        torch.manual_seed(seed)
-        model = build_model(spec)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(spec)
         return model, WeightsInfo(source=f"random(seed={seed})", sha256=f"random-seed-{seed}", random=True)
     path = resolve_weights(spec, weights)
     file = _weight_file(path)
     state = read_state_dict(file)
     if is_official_state_dict(state):
-        state = convert_official_state_dict(state, spec.num_blocks)
+        try:
+            state = convert_official_state_dict(state, spec.num_blocks)
+        except ValueError as exc:
+            raise WeightsError(f"{file}: {exc}") from None
     model = build_model(spec)
     check_state_dict(model, state, spec, str(file))
+    check_folder_config(file, spec)
     model.load_state_dict(state, strict=False)  # strictness checked above, pos_embed buffer excepted
     return model.eval(), WeightsInfo(source=str(file), sha256=sha256_file(file))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import pickle
 
 import pytest
 import torch
@@ -137,6 +138,16 @@ def test_official_pt_loads_equal(src, tiny_spec, tmp_path, wrap):
     assert info.source == str(file) and not info.random
 
 
+def test_official_training_checkpoint_with_args_namespace(src, tiny_spec, tmp_path):
+    import argparse
+
+    sd = to_official(src)
+    file = tmp_path / "0400000.pt"  # what train.py writes: model, ema, opt, args
+    torch.save({"model": sd, "ema": sd, "opt": {}, "args": argparse.Namespace(model="DiT-XL/2")}, file)
+    model, _ = load_model(tiny_spec, weights=file)
+    assert_same_model(model, src, tiny_spec)
+
+
 def test_official_safetensors_loads_equal(src, tiny_spec, tmp_path):
     file = tmp_path / "official.safetensors"
     save_file({k: v.contiguous() for k, v in to_official(src).items()}, str(file))
@@ -252,6 +263,15 @@ def test_official_checkpoint_of_other_depth(src, tiny_spec, tmp_path):
         load_model(with_config(tiny_spec, num_layers=5), file)
 
 
+def test_unknown_official_key_is_a_weights_error(src, tiny_spec, tmp_path):
+    sd = to_official(src)
+    sd["blocks.0.attn.q_norm.weight"] = torch.ones(16)
+    file = tmp_path / "unknown.pt"
+    torch.save(sd, file)
+    with pytest.raises(WeightsError, match=r"'blocks\.0\.attn\.q_norm\.weight'"):
+        load_model(tiny_spec, file)
+
+
 def test_missing_tensor_is_named(src, tiny_spec, tmp_path):
     sd = src.state_dict()
     del sd["transformer_blocks.2.ff.net.2.bias"]
@@ -302,3 +322,14 @@ def test_random_weights_flagged_and_seeded(tiny_spec):
     for key in sa:
         torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_folder_config_of_another_architecture_is_refused(tmp_path):
+    import dataclasses
+
+    spec = get_spec("dit-tiny")
+    model, _ = load_model(spec, random_weights=True)
+    model.save_pretrained(tmp_path / "w")
+    other = dataclasses.replace(spec, config={**spec.config, "num_attention_heads": 4, "attention_head_dim": 8})
+    with pytest.raises(WeightsError, match="num_attention_heads=2 but dit-tiny needs num_attention_heads=4"):
+        load_model(other, tmp_path / "w")

@@ -1,0 +1,59 @@
+"""torch.compile (inductor): one compiled callable per graph, fullgraph, parameters shared with the model."""
+
+from __future__ import annotations
+
+import torch
+
+from .backend import BuildSettings, FlatFn, GraphSpec
+
+DEFAULT_MODE = None  # inductor's default; "max-autotune-no-cudagraphs" is an option
+
+
+class InductorBackend:
+    """JIT backend: nothing is written at export; graphs compile on first call (warm-up).
+
+    Options: ``cuda_graphs`` (CUDA only: ``mode="reduce-overhead"``, cudagraph trees; outputs are cloned
+    so that recorded caches live in their own buffers, outside the captured outputs), ``mode``.
+    """
+
+    name = "inductor"
+    writes_artifacts = False
+
+    def unavailable_reason(self, settings: BuildSettings) -> str | None:
+        if settings.device == "cuda" and not torch.cuda.is_available():
+            return "CUDA was requested but torch.cuda.is_available() is False"
+        if settings.options.get("cuda_graphs") and settings.device != "cuda":
+            return "cuda_graphs needs --device cuda"
+        unknown = set(settings.options) - {"cuda_graphs", "mode"}
+        if unknown:
+            return f"unknown inductor option(s) {sorted(unknown)}; known: cuda_graphs, mode"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        versions = {"torch": torch.__version__}
+        try:
+            import triton
+
+            versions["triton"] = triton.__version__
+        except ImportError:
+            pass
+        return versions
+
+    def build(self, graph: GraphSpec, settings: BuildSettings, directory) -> list:
+        return []
+
+    def load(self, graph: GraphSpec, settings: BuildSettings, files) -> FlatFn:
+        if graph.module is None:
+            raise ValueError(f"inductor compiles from the model: load {graph.name} with the model's weights")
+        cuda_graphs = bool(settings.options.get("cuda_graphs"))
+        mode = "reduce-overhead" if cuda_graphs else settings.options.get("mode", DEFAULT_MODE)
+        compiled = torch.compile(graph.module, fullgraph=True, dynamic=False, mode=mode)
+
+        @torch.no_grad()
+        def run(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+                return tuple(o.clone() for o in compiled(*xs))
+            return compiled(*xs)
+
+        return run

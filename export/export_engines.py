@@ -1,0 +1,227 @@
+"""export-engines: compile every graph of a plan, validate it against eager, write the manifest last."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import ditcache
+from ditcache.compiler.backend import BuildSettings, GraphSpec, get_backend, require
+from ditcache.compiler.graph_specs import plan_graphs
+from ditcache.graphs import costs_for, parts_for
+from ditcache.graphs.plan import Plan
+from ditcache.graphs.registry import at_resolution, get_spec
+from ditcache.graphs.schedule import load_schedule
+from ditcache.graphs.weights import load_model, sha256_file
+
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, ArtifactRecord, Manifest
+from .store import artifact_dir, artifact_key, commit, remove_stale, staging_dir, verify
+from .validate import validate
+
+DEFAULT_GRANULARITY = {"tensorrt": "segment"}  # TensorRT cannot share weights between engines
+
+
+@dataclass
+class ExportRequest:
+    """Arguments of ``export-engines`` (see its --help)."""
+
+    model: str
+    schedule: str | Path
+    out: str | Path
+    backend: str = "onnxruntime"
+    weights: str | None = None
+    random_weights: bool = False
+    precision: str = "fp32"
+    batch_size: int = 1
+    guidance: bool = True
+    resolution: int | None = None
+    granularity: str | None = None
+    device: str = "cpu"
+    options: dict[str, Any] = field(default_factory=dict)
+    validate: bool = True
+
+
+@dataclass
+class GraphReport:
+    name: str
+    status: str  # built | reused
+    bytes: int
+    seconds: float
+    validation: dict[str, float]
+
+
+@dataclass
+class ExportReport:
+    directory: Path
+    manifest: Manifest
+    graphs: list[GraphReport]
+    removed: list[str]
+    seconds: float
+
+    @property
+    def rebuilt(self) -> list[str]:
+        return [g.name for g in self.graphs if g.status == "built"]
+
+    def summary(self) -> str:
+        m = self.manifest
+        lines = [f"{'graph':<44}{'status':>8}{'MiB':>9}{'build s':>9}{'max-abs':>11}{'cosine':>10}"]
+        for g in self.graphs:
+            v = g.validation
+            lines.append(f"{g.name:<44}{g.status:>8}{g.bytes / 2**20:>9.1f}{g.seconds:>9.1f}"
+                         f"{v.get('max_abs', float('nan')):>11.2e}{v.get('cosine', float('nan')):>10.6f}")
+        total = sum(g.bytes for g in self.graphs)
+        lines.append(
+            f"{len(m.variants)} variants, {len(m.artifacts)} graphs ({m.granularity} granularity), "
+            f"{total / 2**20:.1f} MiB on disk, backend {m.backend['name']} {m.backend['settings']['precision']}, "
+            f"model batch {m.batch['model_batch']}; {len(self.rebuilt)} built, "
+            f"{len(self.graphs) - len(self.rebuilt)} reused, {self.seconds:.1f} s"
+        )
+        if not self.rebuilt:
+            lines.append("nothing changed: no graph was rebuilt")
+        return "\n".join(lines)
+
+
+def graph_program(graph: GraphSpec, plan: Plan) -> dict[str, Any]:
+    """What the graph computes beyond its name: the plan layout for variants, nothing more for segments."""
+    if graph.name.startswith("variant."):
+        layout = plan.to_dict()
+        return {k: layout[k] for k in ("num_blocks", "cache", "corrected", "ranges")} | {
+            "variant": layout["variants"][graph.name.removeprefix("variant.")]}
+    return {}
+
+
+def export_engines(request: ExportRequest, log: Callable[[str], None] = print, progress: bool = True) -> ExportReport:
+    """Build (or reuse), validate and record every graph of the request's plan in ``request.out``."""
+    start = time.perf_counter()
+    spec = at_resolution(get_spec(request.model), request.resolution)
+    if request.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1 (got {request.batch_size})")
+    backend = get_backend(request.backend)
+    settings = BuildSettings(request.precision, request.device, dict(request.options))
+    if request.precision not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"--precision must be fp32, fp16 or bf16 (got {request.precision!r})")
+    require(backend, settings)
+    granularity = request.granularity or DEFAULT_GRANULARITY.get(backend.name, "variant")
+    schedule = load_schedule(request.schedule)
+    plan = schedule.to_plan(spec.num_blocks, costs_for(spec))
+    model, weights = load_model(spec, request.weights, request.random_weights)
+    if weights.random:
+        log(f"WARNING: {spec.name} has RANDOM weights: for timing only")
+    model_batch = request.batch_size * (2 if request.guidance else 1)
+    dtype = settings.dtype
+    device = torch.device(request.device)
+
+    reference_parts = parts_for(model, spec)
+    build_model = model if dtype == torch.float32 and device.type == "cpu" else copy.deepcopy(model).to(device, dtype)
+    build_parts = parts_for(build_model.eval(), spec)
+    log(f"building graphs of {len(plan.variants)} variants ({granularity} granularity, model batch {model_batch})")
+    graphs = plan_graphs(build_parts, plan, granularity, model_batch, dtype)
+    references = graphs if build_model is model else plan_graphs(reference_parts, plan, granularity, model_batch,
+                                                                 torch.float32)
+    out = Path(request.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # an interrupted export must not leave a loadable directory
+
+    versions = backend.versions()
+    identity = {"format": FORMAT_VERSION, "ditcache": ditcache.__version__, "model": spec.name,
+                "config": dict(spec.config), "weights_sha256": weights.sha256, "backend": backend.name,
+                "settings": settings.to_dict(), "versions": versions}
+    records: dict[str, ArtifactRecord] = {}
+    reports: list[GraphReport] = []
+    iterator = zip(graphs, references)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(list(iterator), desc=f"export {backend.name}", unit="graph")
+    for graph, reference in iterator:
+        key = artifact_key({**identity, "graph": graph.name, "signature": graph.signature(),
+                            "program": graph_program(graph, plan)})
+        final = artifact_dir(out, graph.name, key)
+        previous = _previous_record(final, out)
+        if previous is not None:
+            record, status = previous, "reused"
+        else:
+            t0 = time.perf_counter()
+            tmp = staging_dir(out, graph.name, key)
+            built = backend.build(graph, settings, tmp)
+            for path in built:
+                if not Path(path).resolve().is_relative_to(tmp.resolve()):
+                    raise RuntimeError(f"backend {backend.name} wrote {path} outside its artifact folder")
+            seconds = time.perf_counter() - t0
+            files = {str(Path(final.name) / p.relative_to(tmp)): sha for p, sha in
+                     ((p, sha256_file(p)) for p in sorted(tmp.rglob("*")) if p.is_file())}
+            record = ArtifactRecord(graph.name, key, {f"artifacts/{k}": v for k, v in files.items()},
+                                    [t.to_dict() for t in graph.inputs], [t.to_dict() for t in graph.outputs],
+                                    build_seconds=seconds)
+            if request.validate:
+                loaded = backend.load(graph, settings, sorted(tmp.rglob("*")))
+                record.validation = validate(graph, loaded, reference, request.precision).as_dict()
+            _write_record(tmp, record)
+            commit(tmp, final)
+            status = "built"
+        records[graph.name] = record
+        size = sum((out / f).stat().st_size for f in record.files)
+        reports.append(GraphReport(graph.name, status, size, record.build_seconds, record.validation))
+
+    corrections = None
+    if plan.corrected:
+        target = out / "corrections.safetensors"
+        shutil.copyfile(plan.schedule["scale_shift"], target)
+        corrections = {"file": target.name, "sha256": sha256_file(target)}
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        ditcache_version=ditcache.__version__,
+        model={"name": spec.name, "config": dict(spec.config), "weights_sha256": weights.sha256,
+               "weights_source": weights.source, "random_weights": weights.random, "resolution": spec.image_size},
+        schedule=plan.schedule,
+        schedule_hash=artifact_key(plan.schedule),
+        plan=plan.to_dict(),
+        plan_hash=plan.hash(),
+        granularity=granularity,
+        batch={"images": request.batch_size, "cfg": request.guidance, "model_batch": model_batch},
+        backend={"name": backend.name, "settings": settings.to_dict(), "versions": versions},
+        variants=_variant_graphs(plan, granularity, graphs),
+        artifacts=records,
+        corrections=corrections,
+    )
+    keep = {artifact_dir(out, r.graph, r.key).name for r in records.values()}
+    removed = remove_stale(out, keep)
+    manifest.write(out)
+    return ExportReport(out, manifest, reports, removed, time.perf_counter() - start)
+
+
+def _variant_graphs(plan: Plan, granularity: str, graphs: list[GraphSpec]) -> dict[str, list[str]]:
+    if granularity == "variant":
+        return {v.name: [f"variant.{v.name}"] for v in plan.variants}
+    names = [g.name for g in graphs]
+    return {v.name: names for v in plan.variants}
+
+
+_RECORD = "artifact.json"
+
+
+def _write_record(folder: Path, record: ArtifactRecord) -> None:
+    import json
+    from dataclasses import asdict
+
+    (folder / _RECORD).write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
+
+
+def _previous_record(folder: Path, root: Path) -> ArtifactRecord | None:
+    """The record of a finished artifact folder whose files still verify, else None (rebuild)."""
+    import json
+
+    path = folder / _RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = ArtifactRecord(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None
+    return record if verify(root, record.files) is None else None

@@ -1,0 +1,84 @@
+"""The engine directory's manifest: everything needed to check that artifacts fit a request."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """An engine directory that is missing, half-written, corrupted, or does not fit the request."""
+
+
+@dataclass
+class ArtifactRecord:
+    """One compiled graph: its key, files (relative path -> sha256) and signature."""
+
+    graph: str
+    key: str
+    files: dict[str, str]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    build_seconds: float = 0.0
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    """What ``export-engines`` wrote (DESIGN.md, "Manifest")."""
+
+    format_version: int
+    ditcache_version: str
+    model: dict[str, Any]  # name, config, weights_sha256, weights_source, resolution
+    schedule: dict[str, Any]  # normalized schedule
+    schedule_hash: str
+    plan: dict[str, Any]  # Plan.to_dict()
+    plan_hash: str
+    granularity: str
+    batch: dict[str, Any]  # images, cfg, model_batch
+    backend: dict[str, Any]  # name, settings, versions
+    variants: dict[str, list[str]]  # variant -> graphs it runs (one, or the segment chain)
+    artifacts: dict[str, ArtifactRecord]
+    corrections: dict[str, str] | None = None  # {"file": relative path, "sha256": ...} for corrected plans
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def write(self, directory: Path) -> None:
+        """Write atomically: the manifest appears only when complete."""
+        tmp = directory / (MANIFEST_NAME + ".tmp")
+        tmp.write_text(self.to_json())
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, directory / MANIFEST_NAME)
+
+    @classmethod
+    def read(cls, directory: Path) -> "Manifest":
+        path = Path(directory) / MANIFEST_NAME
+        if not Path(directory).is_dir():
+            raise ManifestError(f"engine directory {str(directory)!r} does not exist; run export-engines first")
+        if not path.is_file():
+            raise ManifestError(
+                f"{directory} has no {MANIFEST_NAME}: the export did not finish (or this is not an engine "
+                f"directory); run export-engines again with the same arguments to resume"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path} is not valid JSON ({exc}); re-run export-engines") from None
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ManifestError(
+                f"{path} has format version {data.get('format_version')}, this ditcache reads {FORMAT_VERSION}; "
+                f"re-run export-engines with this version"
+            )
+        try:
+            data["artifacts"] = {k: ArtifactRecord(**v) for k, v in data["artifacts"].items()}
+            return cls(**data)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ManifestError(f"{path} is malformed ({exc}); re-run export-engines") from None
