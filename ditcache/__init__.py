@@ -4,3 +4,7 @@ The folders graphs/, compiler/, export/ and benchmarks/ install as ``ditcache.gr
 """
 
 __version__ = "0.1.0"
+
+from .plugin import apply  # noqa: E402
+
+__all__ = ["apply", "__version__"]

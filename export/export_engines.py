@@ -162,6 +162,8 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
             if request.validate:
                 loaded = backend.load(graph, settings, sorted(tmp.rglob("*")))
                 record.validation = validate(graph, loaded, reference, request.precision).as_dict()
+                if not backend.writes_artifacts:
+                    record.build_seconds = time.perf_counter() - t0  # JIT: compile happens on the first call
             _write_record(tmp, record)
             commit(tmp, final)
             status = "built"

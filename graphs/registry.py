@@ -151,6 +151,17 @@ def at_resolution(spec: ModelSpec, resolution: int | None) -> ModelSpec:
     return replace(spec, config={**spec.config, "sample_size": resolution // factor})
 
 
+def spec_for_config(config: Mapping[str, Any], latent: bool = True) -> ModelSpec:
+    """The registered spec whose architecture equals a diffusers config, else an ad-hoc ``custom`` spec."""
+    keys = ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers",
+            "sample_size", "patch_size", "num_embeds_ada_norm")
+    for spec in MODELS.values():
+        if all(spec.config.get(k) == config.get(k) for k in keys):
+            return spec
+    return ModelSpec("custom", "dit", {k: config[k] for k in keys if k in config}, latent,
+                     "model given by the user")
+
+
 def get_spec(name: str) -> ModelSpec:
     """The registered spec called ``name``, or a ValueError listing the choices."""
     try:

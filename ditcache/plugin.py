@@ -1,0 +1,166 @@
+"""``apply(pipe, ...)``: make a stock diffusers DiTPipeline sample with a cached, compiled denoiser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ditcache.compiler.backend import BuildSettings, get_backend, require
+from ditcache.compiler.adapters import segment_fns, variant_fn
+from ditcache.compiler.dispatcher import Dispatcher
+from ditcache.compiler.graph_specs import plan_graphs
+from ditcache.graphs import costs_for, parts_for
+from ditcache.graphs.plan import Plan
+from ditcache.graphs.registry import spec_for_config
+from ditcache.graphs.schedule import Schedule, load_schedule, parse_schedule
+from ditcache.graphs.variants import build_segments
+
+
+class CachedDenoiser(nn.Module):
+    """Stands in for ``pipe.transformer``: same call signature, runs the plan's variant for each step."""
+
+    def __init__(self, original: nn.Module, plan: Plan, build):
+        super().__init__()
+        self.original = original
+        self.plan = plan
+        self._build = build
+        self._dispatchers: dict[tuple, Dispatcher] = {}
+        self.dispatcher: Dispatcher | None = None
+
+    @property
+    def config(self):
+        return self.original.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.original.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.original.device
+
+    def reset(self) -> None:
+        for dispatcher in self._dispatchers.values():
+            dispatcher.reset()
+
+    def forward(self, hidden_states, timestep=None, class_labels=None, return_dict: bool = True, **_: Any):
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        key = (tuple(hidden_states.shape), hidden_states.dtype, hidden_states.device.type)
+        if key not in self._dispatchers:
+            self._dispatchers[key] = self._build(hidden_states)  # one set of graphs per input shape
+        self.dispatcher = self._dispatchers[key]
+        timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).float()
+        timestep = timestep.expand(hidden_states.shape[0])
+        out = self.dispatcher({"x": hidden_states, "timestep": timestep, "class_labels": class_labels})
+        out = out.to(hidden_states.dtype)
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+
+class CacheHandle:
+    """What :func:`apply` returns: ``remove()`` (or leaving its ``with`` block) restores the pipeline."""
+
+    def __init__(self, pipe, denoiser: CachedDenoiser, original: nn.Module):
+        self.pipe, self.denoiser, self.original = pipe, denoiser, original
+        self.plan = denoiser.plan
+        scheduler = pipe.scheduler
+        real = scheduler.set_timesteps
+
+        def set_timesteps(num_inference_steps=None, *args, **kwargs):
+            if num_inference_steps is not None and num_inference_steps != self.plan.num_steps:
+                raise ValueError(
+                    f"ditcache schedule has {self.plan.num_steps} steps but the pipeline was called with "
+                    f"num_inference_steps={num_inference_steps}; call it with {self.plan.num_steps} or apply "
+                    f"a schedule for {num_inference_steps} steps"
+                )
+            denoiser.reset()  # every pipeline run starts by setting timesteps: caches start empty
+            return real(num_inference_steps, *args, **kwargs)
+
+        scheduler.set_timesteps = set_timesteps
+        pipe.transformer = denoiser
+
+    def remove(self) -> None:
+        """Put the original transformer and scheduler back."""
+        self.pipe.transformer = self.original
+        self.pipe.scheduler.__dict__.pop("set_timesteps", None)
+
+    def __enter__(self) -> "CacheHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _as_schedule(schedule: str | Path | Schedule | Mapping[str, Any]) -> Schedule:
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, Mapping):
+        return parse_schedule(schedule)
+    return load_schedule(schedule)
+
+
+def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = None,
+          granularity: str = "variant", options: Mapping[str, Any] | None = None) -> CacheHandle:
+    """Make ``pipe`` (a diffusers ``DiTPipeline``) sample with a cached, compiled denoiser.
+
+    Args:
+        pipe: the pipeline; only ``pipe.transformer`` is replaced (and ``scheduler.set_timesteps`` wrapped to
+            reset caches at the start of every run and refuse a step count the schedule was not made for).
+        schedule: schedule.yaml path, a mapping, or a :class:`Schedule`.
+        backend: ``eager`` or ``inductor`` compile in process from ``pipe.transformer`` (per input shape, on
+            first use); ``onnxruntime`` and ``tensorrt`` run prebuilt engines: pass ``engines``.
+        engines: engine directory from ``export-engines`` (checked against the schedule and the batch).
+        granularity: ``variant`` or ``segment`` for in-process backends.
+        options: backend options (e.g. ``{"cuda_graphs": True}`` for inductor on CUDA).
+
+    Returns:
+        a :class:`CacheHandle`; ``handle.remove()`` or ``with apply(...):`` restores the pipeline.
+
+    Example::
+
+        pipe = DiTPipeline.from_pretrained("path/to/DiT-XL-2-256")
+        with ditcache.apply(pipe, "schedules/dit-xl-delta-20.yaml", backend="inductor"):
+            images = pipe(class_labels=[207], num_inference_steps=20).images
+    """
+    if isinstance(pipe.transformer, CachedDenoiser):
+        raise ValueError("ditcache is already applied to this pipeline; call remove() on its handle first")
+    original = pipe.transformer
+    spec = spec_for_config(original.config)
+    plan = _as_schedule(schedule).to_plan(spec.num_blocks, costs_for(spec))
+    chosen = get_backend(backend)
+    if chosen.writes_artifacts and engines is None:
+        raise ValueError(f"backend {backend!r} runs prebuilt engines: export them with `ditcache export-engines "
+                         f"--backend {backend}` and pass engines=DIR (or use backend='eager'/'inductor')")
+
+    def build(hidden_states: torch.Tensor) -> Dispatcher:
+        if engines is not None:
+            from ditcache.export.load import load_engines
+
+            loaded = load_engines(engines, schedule=_as_schedule(schedule))
+            if loaded.manifest.batch["model_batch"] != hidden_states.shape[0]:
+                raise ValueError(f"engines in {engines} were built for a model batch of "
+                                 f"{loaded.manifest.batch['model_batch']}, the pipeline calls with "
+                                 f"{hidden_states.shape[0]}; export with the matching --batch-size")
+            return loaded.dispatcher
+        settings = BuildSettings("fp32" if original.dtype == torch.float32 else
+                                 {torch.float16: "fp16", torch.bfloat16: "bf16"}[original.dtype],
+                                 hidden_states.device.type, dict(options or {}))
+        require(chosen, settings)
+        parts = parts_for(original.eval(), spec)
+        graphs = {g.name: g for g in plan_graphs(parts, plan, granularity, hidden_states.shape[0], original.dtype)}
+        flats = {name: chosen.load(g, settings, []) for name, g in graphs.items()}
+        if granularity == "variant":
+            fns = {v.name: variant_fn(flats[f"variant.{v.name}"], graphs[f"variant.{v.name}"], v) for v in plan.variants}
+        else:
+            fns = segment_fns(plan, flats, graphs, build_segments(parts, plan))
+        corrections = None
+        if plan.corrected:
+            from ditcache.graphs.corrections import load_corrections
+
+            corrections = load_corrections(plan.schedule["scale_shift"], plan, parts.channel_shape())
+        return Dispatcher(plan, fns, corrections)
+
+    return CacheHandle(pipe, CachedDenoiser(original, plan, build), original)
