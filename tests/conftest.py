@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from ditcache.graphs import DiTParts, get_spec
 from ditcache.graphs.weights import load_model
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
+    threads make every op ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -15,16 +15,6 @@ from ditcache.graphs import dit_costs, get_spec, parse_schedule
 DELTA = {"kind": "delta-dit", "steps": 4, "boundary": 2, "interval": 2, "cached_blocks": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
-    threads make every op ~100x slower; restore the setting for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_schedule(tmp_path, data, name="schedule.yaml"):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))

@@ -44,16 +44,6 @@ def counted_macs(fn, *args, with_cpu_sdpa: bool = True):
     return total // 2, out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
-    threads make every op ~100x slower; restore the setting for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=["dit-tiny", "dit-fmnist"])
 def model_parts(request):
     spec = get_spec(request.param)

@@ -16,16 +16,6 @@ from ditcache.graphs.weights import WeightsError, build_model, load_model, resol
 BATCH = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
-    threads make every op ~100x slower; restore the setting for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- helpers --------------------------------------------------------------------------------------
 def source_model(spec, seed=0):
     """A random diffusers DiT whose blocks share one conditioning embedder, as the official model does."""
