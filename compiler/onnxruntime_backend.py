@@ -114,7 +114,8 @@ class OnnxRuntimeBackend:
         import onnx
 
         if graph.module is None:
-            raise ValueError(f"cannot export {graph.name}: the GraphSpec has no module (it only describes a prebuilt artifact)")
+            raise ValueError(f"cannot export {graph.name}: the GraphSpec has no module "
+                             f"(it only describes a prebuilt artifact)")
         if len(graph.example_inputs) != len(graph.inputs):
             raise ValueError(f"{graph.name}: {len(graph.example_inputs)} example inputs for {len(graph.inputs)} inputs")
         directory = Path(directory)
@@ -126,8 +127,10 @@ class OnnxRuntimeBackend:
         try:
             staged = staging / model_name
             _export(graph, staged, _opset(settings), external, _optimize(settings))
-            # path-based: also resolves and checks the external data file
-            onnx.checker.check_model(str(staged))
+            try:  # path-based: also resolves and checks the external data file
+                onnx.checker.check_model(str(staged))
+            except onnx.checker.ValidationError as exc:
+                raise RuntimeError(f"the ONNX exported for {graph.name} is invalid: {exc}") from exc
             _check_signature(graph, onnx.load(str(staged), load_external_data=False))
             written = sorted(p.name for p in staging.iterdir())
             unexpected = set(written) - {model_name, data_name}

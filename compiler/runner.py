@@ -21,7 +21,20 @@ from .sampling import SampleRequest, sample
 
 def plan_for(schedule: Schedule, spec: ModelSpec) -> Plan:
     """The schedule's plan on ``spec`` (MACs from the analytic cost model)."""
+    calibrated = schedule.params.get("calibration", {}).get("model")
+    if calibrated is not None and calibrated != spec.name:
+        raise ValueError(f"{schedule.source}: its curves were calibrated on {calibrated}, not {spec.name}; "
+                         f"run `ditcache calibrate --model {spec.name}`")
     return schedule.to_plan(spec.num_blocks, costs_for(spec))
+
+
+def check_calibration(plan: Plan, request: SampleRequest) -> None:
+    """Refuse sampling with another sampler or guidance than the schedule's curves were measured with."""
+    calibration = plan.schedule.get("calibration", {})
+    for key, asked in (("sampler", request.scheduler), ("guidance", request.guidance_scale)):
+        if key in calibration and calibration[key] != asked:
+            raise ValueError(f"the schedule's curves were calibrated with {key} {calibration[key]!r}, the request "
+                             f"uses {asked!r}; calibrate again with --{'scheduler' if key == 'sampler' else key} {asked}")
 
 
 def corrections_for(plan: Plan, spec: ModelSpec, parts) -> dict[str, torch.Tensor] | None:
@@ -48,5 +61,6 @@ def sample_with_plan(dispatcher: Dispatcher, spec: ModelSpec, request: SampleReq
             f"the schedule has {dispatcher.plan.num_steps} steps but {request.steps} were requested; "
             f"sample with --steps {dispatcher.plan.num_steps} or write a schedule for {request.steps} steps"
         )
+    check_calibration(dispatcher.plan, request)
     dispatcher.reset()
     return sample(dispatcher, spec, request, progress=progress, **kwargs)

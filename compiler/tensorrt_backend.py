@@ -28,7 +28,7 @@ Options (``BuildSettings.options``):
         at one file to share it).
     workspace_mib: cap of TensorRT's workspace memory pool, in MiB (default: TensorRT's, the GPU's memory).
     strongly_typed: default True; False builds weakly typed with precision flags (TensorRT 10 only).
-    opset, external_data: passed to the ONNX export (see the onnxruntime backend).
+    opset, external_data, optimize: passed to the ONNX export (see the onnxruntime backend).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ ROUTES = ("onnx", "dynamo")
 DEFAULT_ROUTE = "onnx"
 TIMING_CACHE_NAME = "timing.cache"
 MIN_TENSORRT_MAJOR = 10
-KNOWN_OPTIONS = ("route", "cuda_graph", "timing_cache", "workspace_mib", "strongly_typed", "opset", "external_data")
-EXPORT_OPTIONS = ("opset", "external_data")  # handed to the ONNX export
+EXPORT_OPTIONS = ("opset", "external_data", "optimize")  # handed to the ONNX export
+KNOWN_OPTIONS = ("route", "cuda_graph", "timing_cache", "workspace_mib", "strongly_typed", *EXPORT_OPTIONS)
 INSTALL_HINT = ("pip install ditcache[tensorrt] on a machine with an NVIDIA GPU and access to NVIDIA's package "
                 "index (TensorRT cannot be installed on CPU-only machines)")
 # fields of an engine record that must equal this machine's for the engine to run
@@ -195,19 +195,26 @@ def _pick(files: Sequence[Path], name: str, graph: GraphSpec) -> Path:
 
 
 # ---- engine I/O ----------------------------------------------------------------------------------------------
-def match_names(kind: str, engine_names: Sequence[str], specs: Sequence[TensorSpec], graph: str) -> list[str]:
-    """The engine's tensor name for each spec, in spec order.
+def match_names(kind: str, engine_names: Sequence[str], wanted: Sequence[str], graph: str) -> list[str]:
+    """The engine's tensor name for each of ``wanted`` (the names in the graph's file), in that order.
 
-    By name when the engine has all of them; by position when only the count matches (the ONNX export had to
-    rename, e.g. a segment whose output ``h`` is named like its input).
+    By name when the engine has all of them, else by position when the count matches (an exporter that
+    renamed differently, e.g. a segment's output ``h`` that cannot share its input's name in ONNX).
     """
-    wanted = [s.name for s in specs]
     if sorted(engine_names) == sorted(wanted):
-        return wanted
+        return list(wanted)
     if len(engine_names) == len(wanted):
         return list(engine_names)
-    raise ValueError(f"the engine of {graph} has {kind} {list(engine_names)}, the graph expects {wanted}: a foreign "
-                     f"or stale artifact; export it again")
+    raise ValueError(f"the engine of {graph} has {kind} {list(engine_names)}, the graph expects {list(wanted)}: a "
+                     f"foreign or stale artifact; export it again")
+
+
+def _file_output_names(graph: GraphSpec) -> tuple[str, ...]:
+    """Output names as the ONNX export writes them (``h`` -> ``h_out`` where an input is called ``h``)."""
+    from . import onnxruntime_backend
+
+    rename = getattr(onnxruntime_backend, "onnx_output_names", None)
+    return tuple(rename(graph)) if rename is not None else graph.output_names
 
 
 def _engine_io(engine: Any, graph: GraphSpec) -> tuple[list[str], list[str]]:
@@ -216,8 +223,8 @@ def _engine_io(engine: Any, graph: GraphSpec) -> tuple[list[str], list[str]]:
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    ins = match_names("inputs", inputs, graph.inputs, graph.name)
-    outs = match_names("outputs", outputs, graph.outputs, graph.name)
+    ins = match_names("inputs", inputs, graph.input_names, graph.name)
+    outs = match_names("outputs", outputs, _file_output_names(graph), graph.name)
     dtypes = _trt_dtypes()
     for name, spec in zip(ins + outs, graph.inputs + graph.outputs):
         dtype = dtypes.get(engine.get_tensor_dtype(name))

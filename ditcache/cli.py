@@ -1,4 +1,4 @@
-"""The ``ditcache`` command: show-plan, sample, export-engines, run, demo."""
+"""The ``ditcache`` command: show-plan, sample, export-engines, run, calibrate, auto-schedule, demo."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ EXAMPLES = """examples:
   ditcache demo
   ditcache export-engines --model dit-fmnist --schedule schedules/fmnist-delta-20.yaml --backend onnxruntime --out engines/
   ditcache run --engines engines/ --classes 0 1 2 3 4 5 6 7 8 9 --out out/
+  ditcache calibrate --model dit-fmnist --steps 20 --seeds 0 1 --out curves.json --plot curves.png
+  ditcache auto-schedule --curves curves.json --target-speedup 1.5 --out schedule.yaml
   ditcache show-plan --model dit-xl --schedule schedules/dit-xl-delta-20.yaml
   ditcache sample --model dit-fmnist --schedule schedules/fmnist-delta-20.yaml --classes 0 1 2 --out out/
   ditcache sample --model dit-xl --random-weights --steps 20 --classes 207 --out out/   # timing only
@@ -182,6 +184,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ditcache.compiler.calibration import calibrate, plot_curves
+    from ditcache.compiler.sampling import SampleRequest
+
+    spec, model, info = _load(args)
+    classes = tuple(args.classes if args.classes is not None else range(min(10, spec.num_classes)))
+    requests = [SampleRequest(classes, args.steps, args.guidance, seed, args.scheduler) for seed in args.seeds]
+    curves = calibrate(model, spec, requests, info.sha256, progress=not args.quiet)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    curves.save(out)
+    written = [str(out)]
+    if args.plot:
+        plot_curves(curves, args.plot)
+        written.append(args.plot)
+    print(f"{spec.name}: change curves of {curves.num_blocks} blocks over {curves.steps} {args.scheduler} steps, "
+          f"{curves.count} samples ({len(classes)} classes x {len(args.seeds)} seeds, guidance {args.guidance}); "
+          f"wrote {', '.join(written)}")
+    return 0
+
+
+def cmd_auto_schedule(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ditcache.compiler.calibration import ChangeCurves
+    from ditcache.graphs import costs_for, load_schedule
+    from ditcache.graphs.auto_schedule import schedule_document, threshold_for_target
+    from ditcache.graphs.registry import get_spec
+
+    curves = ChangeCurves.load(args.curves)
+    spec = get_spec(curves.meta.get("model", args.model))
+    if (args.threshold is None) == (args.target_speedup is None):
+        raise ValueError("give exactly one of --threshold and --target-speedup")
+    threshold = args.threshold
+    if threshold is None:
+        threshold = threshold_for_target(curves.mean, args.target_speedup, costs_for(spec))
+    document = schedule_document(args.curves, args.out, curves.steps, threshold, args.cache)
+    header = (f"# block caching from {args.curves} ({curves.meta.get('model')}, {curves.meta.get('sampler')}, "
+              f"guidance {curves.meta.get('guidance')})\n")
+    if args.target_speedup is not None:
+        header += f"# threshold solved for a target speedup of {args.target_speedup}x (MACs)\n"
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(header + yaml.safe_dump(document, sort_keys=False))
+    tmp.replace(out)
+    plan = load_schedule(out).to_plan(spec.num_blocks, costs_for(spec))
+    print(f"wrote {out}: threshold {threshold:.4g}, {len(plan.variants)} variants, theoretical speedup "
+          f"{plan.theoretical_speedup(costs_for(spec)):.2f}x on {spec.name}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ditcache.demo import run_demo
 
@@ -256,6 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples", help="output folder (default: %(default)s)")
     _add_sampling_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("calibrate", help="measure per-block change curves (block caching)",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_args(p)
+    _add_sampling_args(p)
+    p.set_defaults(seed=None)
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (the schedule must use the same)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one full sampling run per seed")
+    p.add_argument("--out", default="curves.json", help="curves file (default: %(default)s)")
+    p.add_argument("--plot", help="PNG with the heatmap and per-block curves")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("auto-schedule", help="block-cache schedule.yaml from curves and a threshold or target",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--curves", required=True, help="curves file from `ditcache calibrate`")
+    p.add_argument("--threshold", type=float, help="δ: recompute when the accumulated change would exceed it")
+    p.add_argument("--target-speedup", type=float, help="solve δ for this theoretical speedup (MACs)")
+    p.add_argument("--cache", default="offset", choices=("offset", "output"), help="residual or output replay")
+    p.add_argument("--model", default="dit-fmnist", help="model for MACs when the curves do not name one")
+    p.add_argument("--out", default="schedule.yaml")
+    p.set_defaults(func=cmd_auto_schedule)
 
     p = sub.add_parser("demo", help="the main job: full vs cached sampling on the shipped model",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,12 @@ def check_request(manifest: Manifest, *, schedule: Schedule | None = None, image
     m = manifest
     checks: list[tuple[str, Any, Any, str]] = []
     if schedule is not None:
-        plan = schedule.to_plan(m.plan["num_blocks"])
-        checks.append(("schedule", plan.schedule, m.schedule, "export again with this --schedule"))
+        asked = json.loads(json.dumps(schedule.to_plan(m.plan["num_blocks"]).schedule, sort_keys=True))
+        if asked != m.schedule:
+            keys = sorted(k for k in set(asked) | set(m.schedule) if asked.get(k) != m.schedule.get(k))
+            detail = ", ".join(f"{k}: built {m.schedule.get(k)!r}, asked {asked.get(k)!r}" for k in keys)
+            raise ManifestError(f"engine directory was built for another schedule ({detail}); "
+                                f"export again with this --schedule")
     if images is not None:
         checks.append(("batch size", images, m.batch["images"], f"sample {m.batch['images']} images per call or "
                                                                 "export with --batch-size"))

@@ -192,9 +192,11 @@ def _block_cache_params(data: Mapping, steps: int, source: str, base_dir: Path) 
         if curves is None:
             raise ScheduleError(f"{source}: 'threshold' needs 'curves: PATH' (the change curves to threshold)")
         curves_path = (base_dir / str(curves)).resolve()
-        mean = read_curves(curves_path, steps)
+        mean, meta = read_curves(curves_path, steps)
         params.update(threshold=threshold, curves=str(curves_path),
-                      recompute={i: threshold_recompute(row, threshold) for i, row in enumerate(mean)})
+                      recompute={i: threshold_recompute(row, threshold) for i, row in enumerate(mean)},
+                      calibration={k: meta[k] for k in ("model", "sampler", "guidance") if k in meta}
+                      | {"num_blocks": len(mean)})
     if data.get("scale_shift") is not None:
         path = (base_dir / str(data["scale_shift"])).resolve()
         if not path.is_file():
@@ -221,8 +223,9 @@ def _recompute_table(table: Any, steps: int, source: str) -> dict[int, list[int]
     return out
 
 
-def read_curves(path: Path, steps: int) -> list[list[float]]:
-    """Per-block mean change curves from a calibration file, checked against the schedule's steps."""
+def read_curves(path: Path, steps: int) -> tuple[list[list[float]], dict[str, Any]]:
+    """Per-block mean change curves and their metadata from a calibration file, checked against the
+    schedule's steps."""
     if not path.is_file():
         raise ScheduleError(f"curves file {str(path)!r} does not exist; make one with `ditcache calibrate`")
     try:
@@ -239,7 +242,7 @@ def read_curves(path: Path, steps: int) -> list[list[float]]:
     mean = data.get("mean")
     if not isinstance(mean, list) or not all(isinstance(r, list) and len(r) == steps for r in mean):
         raise ScheduleError(f"{path}: 'mean' must be a list of per-block lists of {steps} values")
-    return [[float(v) for v in row] for row in mean]
+    return [[float(v) for v in row] for row in mean], dict(data.get("meta") or {})
 
 
 # ---- plans --------------------------------------------------------------------------------------
@@ -290,6 +293,12 @@ def solve_delta_dit(
 
 def _block_cache_plan(schedule: Schedule, num_blocks: int) -> Plan:
     recompute = {int(k): v for k, v in schedule.params["recompute"].items()}
+    calibrated = schedule.params.get("calibration", {}).get("num_blocks")
+    if calibrated is not None and calibrated != num_blocks:
+        raise ScheduleError(
+            f"{schedule.source}: the curves were measured on a model with {calibrated} blocks, this model has "
+            f"{num_blocks}; calibrate this model"
+        )
     bad = [b for b in recompute if b >= num_blocks]
     if bad:
         raise ScheduleError(

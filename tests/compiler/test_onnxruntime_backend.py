@@ -12,7 +12,7 @@ pytest.importorskip("onnx", reason="the onnxruntime backend needs `pip install d
 pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs `pip install ditcache[onnx]`")
 
 from ditcache.compiler.adapters import segment_fns, variant_fn  # noqa: E402
-from ditcache.compiler.backend import BuildSettings, get_backend, require, BackendUnavailable  # noqa: E402
+from ditcache.compiler.backend import BackendUnavailable, BuildSettings, get_backend, require  # noqa: E402
 from ditcache.compiler.dispatcher import Dispatcher  # noqa: E402
 from ditcache.compiler.eager import eager_variants  # noqa: E402
 from ditcache.compiler.graph_specs import plan_graphs  # noqa: E402
@@ -67,7 +67,7 @@ def _random_inputs(parts, steps: int, seed: int = 123) -> list[dict[str, torch.T
 
 @pytest.mark.parametrize("granularity", ["variant", "segment"])
 @pytest.mark.parametrize("kind", list(PLANS))
-def test_dispatcher_matches_eager(kind, granularity, built, tiny_parts, tiny_model, tmp_path):
+def test_dispatcher_matches_eager(kind, granularity, built, tiny_parts, tiny_model):
     plan = parse_schedule(PLANS[kind]).to_plan(tiny_parts.num_blocks)
     graphs = plan_graphs(tiny_parts, plan, granularity, batch=BATCH, dtype=torch.float32)
     entries = {g.name: built(g) for g in graphs}
