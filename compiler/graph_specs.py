@@ -77,7 +77,8 @@ def segment_graph(parts: DenoiserParts, segment: Segment, batch: int, dtype: tor
     gen = torch.Generator().manual_seed(seed + 2)
     values[parts.hidden_name] = torch.randn(parts.hidden_shape(batch), generator=gen).to(dtype)
     example = tuple(values[n] for n in segment.inputs)
-    return _spec(f"segment.{segment.name}", TupleOutputs(segment.module), segment.inputs, segment.outputs, example)
+    outputs = tuple(f"{n}_out" if n in segment.inputs else n for n in segment.outputs)  # graph names are unique
+    return _spec(f"segment.{segment.name}", TupleOutputs(segment.module), segment.inputs, outputs, example)
 
 
 def plan_graphs(parts: DenoiserParts, plan: Plan, granularity: str, batch: int, dtype: torch.dtype) -> list[GraphSpec]:

@@ -7,6 +7,17 @@ import torch
 from .backend import BuildSettings, FlatFn, GraphSpec
 
 DEFAULT_MODE = None  # inductor's default; "max-autotune-no-cudagraphs" is an option
+GRAPH_LIMIT = 256  # every variant/segment module shares one forward code object: allow that many graphs
+
+
+def _allow_many_graphs() -> None:
+    """Dynamo counts each module instance of the same class as a recompile of one code object; a plan
+    legitimately has dozens, so raise the limits (never lower them)."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(dynamo_config, name) and getattr(dynamo_config, name) < GRAPH_LIMIT:
+            setattr(dynamo_config, name, GRAPH_LIMIT)
 
 
 class InductorBackend:
@@ -45,6 +56,7 @@ class InductorBackend:
     def load(self, graph: GraphSpec, settings: BuildSettings, files) -> FlatFn:
         if graph.module is None:
             raise ValueError(f"inductor compiles from the model: load {graph.name} with the model's weights")
+        _allow_many_graphs()
         cuda_graphs = bool(settings.options.get("cuda_graphs"))
         mode = "reduce-overhead" if cuda_graphs else settings.options.get("mode", DEFAULT_MODE)
         compiled = torch.compile(graph.module, fullgraph=True, dynamic=False, mode=mode)

@@ -68,6 +68,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
     writes_artifacts = True
+    runtime_options = frozenset({"threads"})  # load-time only: not part of the artifact key
 
     # ---- availability ---------------------------------------------------------------------------------
     def unavailable_reason(self, settings: BuildSettings) -> str | None:

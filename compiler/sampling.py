@@ -39,6 +39,8 @@ class SampleRequest:
         guidance_scale: classifier-free guidance; <= 1 disables it (no batch doubling).
         seed: seeds the initial noise (same generator use as diffusers' DiTPipeline).
         scheduler: ``ddim``, ``dpm++``, ``euler`` or ``ddpm``.
+        sample_seeds: one seed per image instead of ``seed``: each image's noise then depends only on its
+            own seed, so batching and sharding do not change it.
     """
 
     class_labels: tuple[int, ...]
@@ -46,6 +48,7 @@ class SampleRequest:
     guidance_scale: float = 4.0
     seed: int = 0
     scheduler: str = "ddim"
+    sample_seeds: tuple[int, ...] | None = None
 
     @property
     def cfg(self) -> bool:
@@ -55,6 +58,22 @@ class SampleRequest:
     def model_batch(self) -> int:
         """Batch the denoiser sees (doubled under guidance)."""
         return len(self.class_labels) * (2 if self.cfg else 1)
+
+
+def initial_noise(spec: ModelSpec, request: SampleRequest, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """x_T (B, C, H, W): one generator for the batch (as DiTPipeline), or one per image with ``sample_seeds``."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = (spec.in_channels, spec.sample_size, spec.sample_size)
+    if request.sample_seeds is None:
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        return randn_tensor((len(request.class_labels), *shape), generator=generator, device=torch.device(device),
+                            dtype=dtype)
+    if len(request.sample_seeds) != len(request.class_labels):
+        raise ValueError(f"{len(request.sample_seeds)} sample seeds for {len(request.class_labels)} images")
+    noise = [torch.randn((1, *shape), generator=torch.Generator().manual_seed(s)) for s in request.sample_seeds]
+    return torch.cat(noise).to(device=device, dtype=dtype)
 
 
 def validate_request(request: SampleRequest, spec: ModelSpec) -> None:
@@ -80,15 +99,10 @@ def sample(
     Mirrors diffusers' DiTPipeline (noise from one seeded generator, guidance on the epsilon channels,
     learned-sigma channels dropped), but steps the scheduler from the unscaled sample.
     """
-    from diffusers.utils.torch_utils import randn_tensor
-
     validate_request(request, spec)
     scheduler = make_scheduler(request.scheduler, scheduler_config or spec.scheduler_config)
-    batch = len(request.class_labels)
     channels = spec.in_channels
-    generator = torch.Generator(device="cpu").manual_seed(request.seed)
-    latents = randn_tensor((batch, channels, spec.sample_size, spec.sample_size), generator=generator,
-                           device=torch.device(device), dtype=dtype)
+    latents = initial_noise(spec, request, dtype, device)
     labels = torch.tensor(request.class_labels, device=device)
     if request.cfg:
         labels = torch.cat([labels, torch.full_like(labels, spec.null_class)])

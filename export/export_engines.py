@@ -129,9 +129,12 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # an interrupted export must not leave a loadable directory
 
     versions = backend.versions()
+    load_time = set(getattr(backend, "runtime_options", ()))  # e.g. threads: no effect on the artifact
+    keyed = settings.to_dict()
+    keyed["options"] = {k: v for k, v in keyed["options"].items() if k not in load_time}
     identity = {"format": FORMAT_VERSION, "ditcache": ditcache.__version__, "model": spec.name,
                 "config": dict(spec.config), "weights_sha256": weights.sha256, "backend": backend.name,
-                "settings": settings.to_dict(), "versions": versions}
+                "settings": keyed, "versions": versions}
     records: dict[str, ArtifactRecord] = {}
     reports: list[GraphReport] = []
     iterator = zip(graphs, references)

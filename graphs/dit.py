@@ -45,15 +45,15 @@ class DiTTail(nn.Module):
         self.proj_out_2 = model.proj_out_2
         self.patch = int(model.config.patch_size)
         self.out_channels = int(model.out_channels)
+        self.grid = int(model.config.sample_size) // self.patch  # static: no shape arithmetic at run time
 
     def forward(self, h: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         cond = self.emb(timestep, class_labels, hidden_dtype=h.dtype)  # (B, D)
         shift, scale = self.proj_out_1(F.silu(cond)).chunk(2, dim=1)  # 2 x (B, D)
         h = self.norm_out(h) * (1 + scale[:, None]) + shift[:, None]  # (B, T, D)
         h = self.proj_out_2(h)  # (B, T, p*p*C)
-        batch, tokens, _ = h.shape
-        grid = int(round(tokens**0.5))
-        p, c = self.patch, self.out_channels
+        batch = h.shape[0]
+        grid, p, c = self.grid, self.patch, self.out_channels
         h = h.reshape(batch, grid, grid, p, p, c)  # (B, h, w, p, q, C)
         h = torch.einsum("nhwpqc->nchpwq", h)  # (B, C, h, p, w, q)
         return h.reshape(batch, c, grid * p, grid * p)  # (B, C, H, W)
