@@ -13,21 +13,22 @@ from ditcache.graphs.variants import build_segments, run_variant
 from .dispatcher import VariantFn
 
 
-def segment_variant_fn(plan: Plan, variant: Variant, segments: Mapping[str, Segment], hidden: str = "h") -> VariantFn:
+def segment_variant_fn(plan: Plan, variant: Variant, segments: Mapping[str, Segment], hidden: str = "h",
+                       on_replay=None) -> VariantFn:
     """A variant that chains callable segments on the host (segment granularity)."""
     inputs_of = {k: s.inputs for k, s in segments.items()}
 
     def run(inputs, caches, corrections):
         return run_variant(plan, variant, lambda name, xs: segments[name](*xs), inputs_of, inputs, caches,
-                           corrections, hidden)
+                           corrections, hidden, on_replay)
 
     return run
 
 
-def eager_variants(parts: DenoiserParts, plan: Plan) -> dict[str, VariantFn]:
+def eager_variants(parts: DenoiserParts, plan: Plan, on_replay=None) -> dict[str, VariantFn]:
     """One eager callable per variant of ``plan``, all sharing the model's parameters."""
     segments = build_segments(parts, plan)
-    fns = {v.name: segment_variant_fn(plan, v, segments, parts.hidden_name) for v in plan.variants}
+    fns = {v.name: segment_variant_fn(plan, v, segments, parts.hidden_name, on_replay) for v in plan.variants}
     return {name: torch.no_grad()(fn) for name, fn in fns.items()}
 
 

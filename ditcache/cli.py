@@ -235,6 +235,36 @@ def cmd_auto_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_correction(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ditcache.compiler.correction_fit import calibration_request, fit_corrections, save_corrections
+    from ditcache.compiler.runner import plan_for
+    from ditcache.graphs.schedule import load_schedule
+
+    spec, model, info = _load(args)
+    schedule = load_schedule(args.schedule)
+    if schedule.kind != "block-cache":
+        raise ValueError(f"scale/shift correction applies to block-cache schedules, {args.schedule} is {schedule.kind}")
+    plan = plan_for(schedule, spec)
+    classes = tuple(args.classes if args.classes is not None else range(min(10, spec.num_classes)))
+    request = calibration_request(classes, args.seeds, schedule.steps, args.guidance, args.scheduler)
+    tensors = fit_corrections(model, spec, plan, request, progress=not args.quiet)
+    out = Path(args.out)
+    save_corrections(tensors, out, {"model": spec.name, "weights_sha256": info.sha256, "plan_hash": plan.hash(),
+                                    "sampler": args.scheduler, "guidance": str(args.guidance)})
+    source = yaml.safe_load(Path(args.schedule).read_text())
+    if "curves" in source:
+        source["curves"] = str((Path(args.schedule).parent / source["curves"]).resolve())
+    source["scale_shift"] = str(out.resolve())
+    target = Path(args.schedule_out or Path(args.schedule).with_name(Path(args.schedule).stem + "-corrected.yaml"))
+    target.write_text(f"# {args.schedule} with closed-form scale/shift fitted on {len(request.class_labels)} images\n"
+                      + yaml.safe_dump(source, sort_keys=False))
+    print(f"fitted scale/shift for {len(plan.ranges)} replayed blocks over {plan.num_steps} steps on "
+          f"{len(request.class_labels)} images; wrote {out} and {target}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ditcache.demo import run_demo
 
@@ -331,6 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="dit-fmnist", help="model for MACs when the curves do not name one")
     p.add_argument("--out", default="schedule.yaml")
     p.set_defaults(func=cmd_auto_schedule)
+
+    p = sub.add_parser("fit-correction", help="fit block caching's per-channel scale/shift (closed form)",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_args(p)
+    _add_sampling_args(p)
+    p.add_argument("--schedule", required=True, help="block-cache schedule.yaml to correct")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="noise seeds per class")
+    p.add_argument("--out", default="corrections.safetensors")
+    p.add_argument("--schedule-out", help="corrected schedule (default: <schedule>-corrected.yaml)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fit_correction)
 
     p = sub.add_parser("demo", help="the main job: full vs cached sampling on the shipped model",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

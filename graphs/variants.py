@@ -16,6 +16,8 @@ from .plan import Plan, Variant
 from .segments import DenoiserParts, Segment, block_name
 
 SegmentRunner = Callable[[str, tuple[torch.Tensor, ...]], torch.Tensor]
+# (range name, its input h, the replayed value, a function computing the range's true output) -> value to use
+ReplayObserver = Callable[[str, torch.Tensor, torch.Tensor, Callable[[], torch.Tensor]], "torch.Tensor | None"]
 
 
 def cache_input_name(range_name: str) -> str:
@@ -66,6 +68,7 @@ def run_variant(
     caches: Mapping[str, torch.Tensor],
     corrections: Mapping[str, torch.Tensor] | None = None,
     hidden: str = "h",
+    on_replay: ReplayObserver | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Execute one step's program.
 
@@ -77,6 +80,7 @@ def run_variant(
         inputs: the model inputs (``x`` and the conditioning).
         caches: recorded values of the ranges this variant replays, keyed by range name.
         corrections: ``scale_<range>`` / ``shift_<range>`` tensors when the plan is corrected.
+        on_replay: eager-only hook (calibration of corrections): sees each replay and may replace its value.
     Returns:
         the denoiser output and the newly recorded caches, keyed by range name.
     """
@@ -88,6 +92,15 @@ def run_variant(
 
     def call(name: str) -> torch.Tensor:
         return run_segment(name, tuple(env[k] for k in segment_inputs[name]))
+
+    def run_range(start: int, end: int, h: torch.Tensor) -> torch.Tensor:
+        """What blocks [start, end) compute from ``h`` (for observers)."""
+        saved, env[hidden] = env[hidden], h
+        for a, b in plan.block_segments:
+            if start <= a and b <= end:
+                env[hidden] = call(block_name(a, b))
+        out, env[hidden] = env[hidden], saved
+        return out
 
     env[hidden] = call("head")
     position = 0
@@ -102,7 +115,11 @@ def run_variant(
             scale = shift = None
             if plan.corrected:
                 scale, shift = corrections[scale_name(r.name)], corrections[shift_name(r.name)]
-            env[hidden] = replay(env[hidden], caches[r.name], plan.cache, scale, shift)
+            replayed = replay(env[hidden], caches[r.name], plan.cache, scale, shift)
+            if on_replay is not None:
+                replaced = on_replay(r.name, env[hidden], replayed, lambda r=r, h=env[hidden]: run_range(r.start, r.end, h))
+                replayed = replayed if replaced is None else replaced
+            env[hidden] = replayed
             position = r.end
         else:
             env[hidden] = call(block_name(a, b))

@@ -1,0 +1,88 @@
+"""Training-free scale/shift for replayed blocks: per block, per step, per channel least squares."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ditcache.graphs import parts_for
+from ditcache.graphs.plan import Plan
+from ditcache.graphs.registry import ModelSpec
+
+from .dispatcher import Dispatcher
+from .eager import eager_variants
+from .sampling import SampleRequest, sample
+
+
+def least_squares_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (last dim) ``scale, shift`` minimising ‖scale·x + shift − y‖² over all other dims.
+
+    A channel whose cached values do not vary keeps scale 1 and gets only the mean offset.
+    """
+    xs, ys = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()  # (N, D)
+    mx, my = xs.mean(0), ys.mean(0)
+    var = ((xs - mx) ** 2).mean(0)  # (D,)
+    cov = ((xs - mx) * (ys - my)).mean(0)
+    flat = var <= ridge * (ys.var(0) + 1e-12)
+    scale = torch.where(flat, torch.ones_like(var), cov / var.clamp(min=1e-30))
+    shift = my - scale * mx
+    return scale.float(), shift.float()
+
+
+@torch.no_grad()
+def fit_corrections(model: torch.nn.Module, spec: ModelSpec, plan: Plan, request: SampleRequest,
+                    progress: bool = False) -> dict[str, torch.Tensor]:
+    """Fit ``scale.<range>`` / ``shift.<range>`` (steps, D) for every replay of ``plan``.
+
+    All calibration images run as one batch; at each replay the range's true output is computed from the
+    same input, the affine map from the replayed to the true value is fitted, and the *corrected* value
+    continues the trajectory — so later steps are fitted on the trajectory the correction will produce.
+    Steps where a range is not replayed keep scale 1, shift 0.
+    """
+    parts = parts_for(model, spec)
+    width = parts.channel_shape()
+    tensors = {}
+    for r in plan.ranges:
+        tensors[f"scale.{r.name}"] = torch.ones(plan.num_steps, *width)
+        tensors[f"shift.{r.name}"] = torch.zeros(plan.num_steps, *width)
+    state = {"dispatcher": None}
+
+    def observe(name, h_in, replayed, truth):
+        step = state["dispatcher"].step
+        true_out = truth()
+        if plan.cache == "offset":
+            x, y = replayed - h_in, true_out - h_in  # (B, T, D) cached Δ and the true one
+        else:
+            x, y = replayed, true_out
+        scale, shift = least_squares_affine(x, y)
+        tensors[f"scale.{name}"][step] = scale
+        tensors[f"shift.{name}"][step] = shift
+        corrected = x * scale + shift
+        return h_in + corrected if plan.cache == "offset" else corrected
+
+    uncorrected = Plan(plan.num_blocks, plan.ranges, plan.steps, plan.cache, False, plan.schedule)
+    dispatcher = Dispatcher(uncorrected, eager_variants(parts, uncorrected, on_replay=observe))
+    state["dispatcher"] = dispatcher
+    dispatcher.reset()
+    sample(dispatcher, spec, request, progress=progress)
+    return tensors
+
+
+def save_corrections(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """safetensors file for schedule.yaml's ``scale_shift:`` (atomic)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def calibration_request(classes: Sequence[int], seeds: Sequence[int], steps: int, guidance: float,
+                        scheduler: str) -> SampleRequest:
+    """One batch holding every (class, seed) pair, each image with its own noise seed."""
+    pairs = [(c, s * 1000 + i) for s in seeds for i, c in enumerate(classes)]
+    return SampleRequest(tuple(c for c, _ in pairs), steps, guidance, 0, scheduler, tuple(s for _, s in pairs))
