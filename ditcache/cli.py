@@ -265,6 +265,12 @@ def cmd_fit_correction(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ditcache.sharded import generate_from_args
+
+    return generate_from_args(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ditcache.demo import run_demo
 
@@ -372,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule-out", help="corrected schedule (default: <schedule>-corrected.yaml)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit_correction)
+
+    from ditcache.sharded import GENERATE_EXAMPLES, add_generate_args
+
+    p = sub.add_parser("generate", help="many samples, sharded over torchrun ranks, resumable, as one .npz",
+                       epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_generate_args(p)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="the main job: full vs cached sampling on the shipped model",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

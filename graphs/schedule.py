@@ -23,6 +23,7 @@ from .macs import SegmentCosts
 from .plan import CACHE_MODES, Plan
 from .schedule_rules import (
     block_cache_replays,
+    boundary_from_curves,
     block_ranges,
     delta_dit_ranges,
     delta_dit_replays,
@@ -36,7 +37,7 @@ DEFAULT_BOUNDARY_FRACTION = 0.5
 _KEYS = {
     "full": {"kind", "steps"},
     "delta-dit": {"kind", "steps", "boundary", "boundary_fraction", "interval", "cached_blocks",
-                  "target_speedup", "cache"},
+                  "target_speedup", "cache", "curves"},
     "block-cache": {"kind", "steps", "recompute", "threshold", "curves", "cache", "scale_shift"},
 }
 
@@ -108,7 +109,7 @@ def parse_schedule(data: Any, source: str = "<schedule>", base_dir: Path | None 
     if kind == "full":
         return Schedule(kind, steps, {}, source)
     if kind == "delta-dit":
-        return Schedule(kind, steps, _delta_dit_params(data, steps, source), source)
+        return Schedule(kind, steps, _delta_dit_params(data, steps, source, base_dir or Path.cwd()), source)
     return Schedule(kind, steps, _block_cache_params(data, steps, source, base_dir or Path.cwd()), source)
 
 
@@ -147,7 +148,11 @@ def _cache_mode(data: Mapping, source: str) -> str:
     return cache
 
 
-def _delta_dit_params(data: Mapping, steps: int, source: str) -> dict[str, Any]:
+def _delta_dit_params(data: Mapping, steps: int, source: str, base_dir: Path) -> dict[str, Any]:
+    if data.get("boundary") == "auto":
+        return _delta_dit_auto_boundary(data, steps, source, base_dir)
+    if data.get("curves") is not None:
+        raise ScheduleError(f"{source}: 'curves' is only used with 'boundary: auto'; remove it")
     boundary = _int(data, "boundary", source, minimum=0, maximum=steps)
     fraction = _float(data, "boundary_fraction", source, 0.0, 1.0)
     if boundary is not None and fraction is not None:
@@ -172,6 +177,23 @@ def _delta_dit_params(data: Mapping, steps: int, source: str) -> dict[str, Any]:
     else:
         params.update(interval=interval, cached_blocks=cached)
     return params
+
+
+def _delta_dit_auto_boundary(data: Mapping, steps: int, source: str, base_dir: Path) -> dict[str, Any]:
+    """``boundary: auto``: b from measured change curves (explicit interval and cached_blocks needed)."""
+    interval = _int(data, "interval", source, minimum=1, maximum=steps)
+    cached = _int(data, "cached_blocks", source, minimum=1)
+    if data.get("curves") is None or interval is None or cached is None or "target_speedup" in data \
+            or "boundary_fraction" in data:
+        raise ScheduleError(f"{source}: 'boundary: auto' needs 'curves' (from `ditcache calibrate`), 'interval' and "
+                            f"'cached_blocks', and no target_speedup or boundary_fraction")
+    curves_path = (base_dir / str(data["curves"])).resolve()
+    mean, meta = read_curves(curves_path, steps)
+    if cached > len(mean):
+        raise ScheduleError(f"{source}: cached_blocks={cached} but the curves have {len(mean)} blocks")
+    return {"boundary": boundary_from_curves(mean, steps, interval, cached), "boundary_from": str(curves_path),
+            "interval": interval, "cached_blocks": cached, "cache": _cache_mode(data, source),
+            "calibration": {k: meta[k] for k in ("model", "sampler", "guidance") if k in meta} | {"num_blocks": len(mean)}}
 
 
 def _block_cache_params(data: Mapping, steps: int, source: str, base_dir: Path) -> dict[str, Any]:
@@ -252,6 +274,10 @@ def _delta_dit_plan(schedule: Schedule, num_blocks: int, costs: SegmentCosts | N
         p["interval"], p["cached_blocks"] = solve_delta_dit(
             schedule.steps, p["boundary"], p["target_speedup"], num_blocks, costs, schedule.source
         )
+    calibrated = p.get("calibration", {}).get("num_blocks")
+    if calibrated is not None and calibrated != num_blocks:
+        raise ScheduleError(f"{schedule.source}: the curves were measured on a model with {calibrated} blocks, "
+                            f"this model has {num_blocks}; calibrate this model")
     if p["cached_blocks"] > num_blocks:
         raise ScheduleError(
             f"{schedule.source}: cached_blocks={p['cached_blocks']} but the model has {num_blocks} blocks; "

@@ -49,3 +49,25 @@ def block_cache_replays(steps: int, recompute: dict[int, Sequence[int]]) -> list
 
 def block_ranges(recompute: dict[int, Sequence[int]]) -> list[CacheRange]:
     return [CacheRange(f"b{i}", i, i + 1) for i in sorted(recompute)]
+
+
+def boundary_from_curves(mean: Sequence[Sequence[float]], steps: int, interval: int, cached_blocks: int) -> int:
+    """Δ-DiT's boundary b chosen from measured change curves: the b whose plan replays the least change,
+    summing the mean relative change of the back range over outline-stage cached steps and of the front
+    range over detail-stage cached steps (the error a replay makes grows with how much the range moves)."""
+    nb = len(mean)
+
+    def range_change(start: int, end: int, step: int) -> float:
+        return sum(mean[i][step] for i in range(start, end)) / (end - start)
+
+    best = None
+    for boundary in range(steps + 1):
+        cost = 0.0
+        for s, replayed in enumerate(delta_dit_replays(steps, boundary, interval)):
+            if "back" in replayed:
+                cost += range_change(nb - cached_blocks, nb, s)
+            if "front" in replayed:
+                cost += range_change(0, cached_blocks, s)
+        if best is None or cost < best[0] - 1e-12:
+            best = (cost, boundary)
+    return best[1]

@@ -89,3 +89,26 @@ def test_file_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("kind: [full\n")
     with pytest.raises(ScheduleError, match="not valid YAML"):
         load_schedule(tmp_path / "bad.yaml")
+
+
+def test_delta_dit_boundary_from_curves(tmp_path):
+    from ditcache.graphs.schedule_rules import boundary_from_curves
+
+    steps, nb = 10, 4
+    # front blocks move a lot early and little late, back blocks the reverse: replaying back early and
+    # front late is cheapest when the switch sits where the curves cross
+    mean = [[0.0] + [0.5 if s < 6 else 0.01 for s in range(1, steps)] for _ in range(2)] + \
+           [[0.0] + [0.01 if s < 6 else 0.5 for s in range(1, steps)] for _ in range(2)]
+    assert boundary_from_curves(mean, steps, interval=2, cached_blocks=2) == 5  # switch step 5 is full
+    curves = {"format": CURVES_FORMAT, "steps": steps, "num_blocks": nb, "mean": mean, "meta": {"model": "x"}}
+    (tmp_path / "c.json").write_text(json.dumps(curves))
+    (tmp_path / "s.yaml").write_text("kind: delta-dit\nsteps: 10\nboundary: auto\ninterval: 2\ncached_blocks: 2\n"
+                                     "curves: c.json\n")
+    sched = load_schedule(tmp_path / "s.yaml")
+    assert sched.params["boundary"] == 5
+    assert sched.to_plan(4).steps[5].name.startswith("full")
+    with pytest.raises(ScheduleError, match="model with 4 blocks"):
+        sched.to_plan(12)
+    err({"kind": "delta-dit", "steps": 10, "boundary": "auto", "interval": 2}, "'boundary: auto' needs")
+    err({"kind": "delta-dit", "steps": 10, "boundary": 3, "interval": 2, "cached_blocks": 2, "curves": "c.json"},
+        "only used with 'boundary: auto'")

