@@ -15,7 +15,9 @@ Keys (unknown keys are rejected with the allowed ones listed)::
     device: cpu                     # cpu | cuda
     threads: null                   # torch intra-op threads per row (null: torch's default)
     images: 1                       # images per sampling call (model batch doubles under guidance)
-    classes: [207]                  # one label per image (default: 0, 1, ...)
+    classes: [207]                  # one label per image (default: 0, 1, ...); class-conditional models
+    embeddings: null                # text-conditioned models (PixArt-α): prompt-embeddings safetensors (one row
+                                    # per image, or one shared row); null: synthetic embeddings (timing only)
     guidance: 4.0
     scheduler: ddim
     seed: 0
@@ -59,7 +61,7 @@ _TOP_KEYS = {
     "name", "description", "model", "weights", "random_weights", "device", "threads", "images", "classes",
     "guidance", "scheduler", "seed", "warmup", "repeats", "step_timing", "granularity", "validate",
     "row_timeout_s", "backend_options", "schedules", "baseline", "matrix", "resolution", "time_budget_s",
-    "time_limit_s",
+    "time_limit_s", "embeddings",
 }
 _GROUP_KEYS = {"backends", "precisions", "schedules", "skip", "granularity", "repeats", "validate", "estimate_s",
                "note"}
@@ -116,10 +118,12 @@ class BenchConfig:
     schedules: dict[str, ScheduleRef] = field(default_factory=dict)
     baseline: dict[str, Any] = field(default_factory=dict)
     matrix: list[dict[str, Any]] = field(default_factory=list)
+    text: bool = False  # the model is text-conditioned (prompt embeddings instead of class labels)
+    embeddings: str | None = None
 
     @property
     def class_labels(self) -> tuple[int, ...]:
-        return self.classes or tuple(range(self.images))
+        return () if self.text else self.classes or tuple(range(self.images))
 
     @property
     def model_batch(self) -> int:
@@ -162,6 +166,12 @@ class RowSpec:
     skip: str | None = None
     estimate_s: float | None = None  # rough row time on the target machine, for the time budget only
     note: str | None = None
+    images: int | None = None  # text-conditioned models: images per call (class models: one per label)
+    embeddings: str | None = None  # text-conditioned models: prompt-embeddings file (None: synthetic)
+
+    @property
+    def num_images(self) -> int:
+        return self.images if self.images is not None else len(self.class_labels)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -174,7 +184,8 @@ class RowSpec:
 
     def key(self) -> str:
         """Hash of everything that changes the row's measurement (for --resume)."""
-        data = {k: v for k, v in self.to_dict().items() if k not in ("skip", "estimate_s", "note")}
+        data = {k: v for k, v in self.to_dict().items() if k not in ("skip", "estimate_s", "note")
+                and not (k in ("images", "embeddings") and v is None)}  # keys of class-model rows unchanged
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -237,7 +248,20 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
         raise ConfigError(f"{source}: 'threads' must be a positive integer or null")
     cfg.images = int(data.get("images", 1))
+    from ditcache.graphs.registry import get_spec
+
+    cfg.text = get_spec(cfg.model).text_conditioned
     classes = data.get("classes")
+    if cfg.text and classes is not None:
+        raise ConfigError(f"{source}: {cfg.model} is text-conditioned: drop 'classes' (give 'embeddings: PATH' or "
+                          f"leave it out for synthetic prompt embeddings)")
+    if data.get("embeddings") is not None:
+        if not cfg.text:
+            raise ConfigError(f"{source}: 'embeddings' applies to text-conditioned models, {cfg.model} takes 'classes'")
+        embeddings = Path(str(data["embeddings"])).expanduser()
+        cfg.embeddings = str(embeddings if embeddings.is_absolute() else (base_dir / embeddings).resolve())
+        if not Path(cfg.embeddings).is_file():
+            raise ConfigError(f"{source}: embeddings file {cfg.embeddings!r} does not exist")
     if classes is not None:
         cfg.classes = tuple(int(c) for c in _list(classes, f"{source}: 'classes'"))
         if len(cfg.classes) != cfg.images:
@@ -355,7 +379,7 @@ def build_rows(cfg: BenchConfig) -> list[RowSpec]:
             options=dict(cfg.backend_options.get(backend, {})), resolution=cfg.resolution,
             weights=cfg.weights, skip=str(skip) if skip else None,
             estimate_s=None if group.get("estimate_s") is None else float(group["estimate_s"]),
-            note=group.get("note"),
+            note=group.get("note"), images=cfg.images if cfg.text else None, embeddings=cfg.embeddings,
         ))
 
     for s in cfg.baseline.get("schedules", []):

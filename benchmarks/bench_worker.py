@@ -87,7 +87,7 @@ def parameter_count(weights: str | None) -> int | None:
         return None
     path = Path(weights)
     if path.is_dir():
-        folder = path / "transformer" if (path / "transformer").is_dir() else path
+        folder = next((path / sub for sub in ("transformer", "unet") if (path / sub).is_dir()), path)
         path = folder / "diffusion_pytorch_model.safetensors"
     if path.suffix != ".safetensors" or not path.is_file():
         return None
@@ -138,7 +138,8 @@ class LatentCaptureVAE(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.config = types.SimpleNamespace(scaling_factor=1.0)
+        # block_out_channels: PixArtAlphaPipeline derives its latent scale factor (8) from it
+        self.config = types.SimpleNamespace(scaling_factor=1.0, block_out_channels=(1, 2, 3, 4))
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
         self.last: torch.Tensor | None = None
 
@@ -172,8 +173,23 @@ def _sync(device: str) -> Callable[[], None] | None:
     return torch.cuda.synchronize if device.startswith("cuda") else None
 
 
+def prompts_for(row: RowSpec, spec):
+    """The prompt embeddings of a text-conditioned row (None for class rows): the config's file, its rows cycled
+    over the images, or synthetic embeddings (timing only)."""
+    if not spec.text_conditioned:
+        return None
+    from ditcache.compiler.conditioning import text_channels
+    from ditcache.compiler.prompts import PromptEmbeddings, synthetic_prompts
+
+    if row.embeddings is None:
+        return synthetic_prompts(row.num_images, int(spec.text_length), int(text_channels(spec)), row.seed)
+    prompts = PromptEmbeddings.load(row.embeddings)
+    return prompts.select([i % prompts.num_images for i in range(row.num_images)])
+
+
 class StockRunner(_Runner):
-    """diffusers' DiTPipeline, eager, from the same transformer weights and a make_scheduler scheduler."""
+    """diffusers' DiTPipeline (PixArtAlphaPipeline for text-conditioned models), eager, from the same transformer
+    weights and a make_scheduler scheduler."""
 
     def __init__(self, row: RowSpec, spec, schedule, dtype: torch.dtype):
         from diffusers import DiTPipeline
@@ -191,7 +207,14 @@ class StockRunner(_Runner):
         self.weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         self.vae = LatentCaptureVAE().to(row.device)
         scheduler = make_scheduler(row.scheduler, spec.scheduler_config)
-        self.pipe = DiTPipeline(transformer=model, vae=self.vae, scheduler=scheduler)
+        self.prompts = prompts_for(row, spec)
+        if self.prompts is not None:
+            from diffusers import PixArtAlphaPipeline
+
+            self.pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=self.vae, transformer=model,
+                                            scheduler=scheduler)
+        else:
+            self.pipe = DiTPipeline(transformer=model, vae=self.vae, scheduler=scheduler)
         self.pipe.set_progress_bar_config(disable=True)
         self._seconds: list[float] = []
         self._start = 0.0
@@ -211,10 +234,15 @@ class StockRunner(_Runner):
 
         model.register_forward_pre_hook(before, with_kwargs=True)
         model.register_forward_hook(after, with_kwargs=True)
-        self.notes = ["stock diffusers DiTPipeline.__call__ with a stand-in VAE whose decode returns the latents "
-                      "(decode excluded); per-step time = the transformer call"]
+        self.notes = [f"stock diffusers {type(self.pipe).__name__}.__call__ with a stand-in VAE whose decode returns "
+                      f"the latents (decode excluded); per-step time = the transformer call"]
+        if self.prompts is not None and row.embeddings is None:
+            self.notes.append("synthetic prompt embeddings (random T5-shaped tensors, 20 real tokens padded to the "
+                              "model's token count; no text encoder): timing only")
 
     def _call(self, steps: int) -> torch.Tensor:
+        if self.prompts is not None:
+            return self._call_text(steps)
         if self.spec.null_class != 1000:
             raise ValueError(f"DiTPipeline hard-codes the null class 1000; {self.spec.name} has {self.spec.null_class}")
         generator = torch.Generator(device="cpu").manual_seed(self.row.seed)
@@ -223,8 +251,21 @@ class StockRunner(_Runner):
                       generator=generator, num_inference_steps=steps, output_type="pt")
         return self.vae.last
 
+    def _call_text(self, steps: int) -> torch.Tensor:
+        """PixArtAlphaPipeline on the row's prompt embeddings; its output_type='latent' returns the latents."""
+        p = self.prompts
+        negative = p.negatives() if self.row.guidance > 1 else (None, None)
+        generator = torch.Generator(device="cpu").manual_seed(self.row.seed)
+        with torch.no_grad():
+            out = self.pipe(negative_prompt=None, prompt_embeds=p.embeds, prompt_attention_mask=p.mask,
+                            negative_prompt_embeds=negative[0], negative_prompt_attention_mask=negative[1],
+                            guidance_scale=self.row.guidance, generator=generator, num_inference_steps=steps,
+                            output_type="latent", use_resolution_binning=False)
+        return out.images
+
     def warmup(self, mode: str) -> None:
-        self._call(1 if mode == "variants" else self.steps)
+        # PixArtAlphaPipeline's one-step path indexes the scheduler output as LCM's: warm up with two steps
+        self._call(min(self.steps, 1 if self.prompts is None else 2) if mode == "variants" else self.steps)
 
     def run(self) -> torch.Tensor:
         self._seconds = []
@@ -242,7 +283,8 @@ class DispatcherRunner(_Runner):
 
         self.row, self.spec, self.plan, self.dispatcher, self.dtype = row, spec, plan, dispatcher, dtype
         self.dispatcher.sync = _sync(row.device)
-        self.request = SampleRequest(tuple(row.class_labels), plan.num_steps, row.guidance, row.seed, row.scheduler)
+        self.request = SampleRequest(tuple(row.class_labels), plan.num_steps, row.guidance, row.seed, row.scheduler,
+                                     prompts=prompts_for(row, spec))
         self.notes = []
 
     @property
@@ -283,13 +325,11 @@ def warm_variants(dispatcher, spec, request, dtype: torch.dtype, device: str) ->
     scheduler = make_scheduler(request.scheduler, spec.scheduler_config)
     scheduler.set_timesteps(request.steps)
     latents = initial_noise(spec, request, dtype, device)
-    labels = torch.tensor(request.class_labels, device=device)
     if request.cfg:
         latents = torch.cat([latents, latents])
-        labels = torch.cat([labels, torch.full_like(labels, spec.null_class)])
     t = scheduler.timesteps[0]
     inputs = {"x": latents.to(dtype), "timestep": t.reshape(1).to(device=device, dtype=torch.float32).expand(
-        latents.shape[0]), "class_labels": labels}
+        latents.shape[0]), **request.conditioning(spec).inputs(request.cfg, dtype, device)}
     caches: dict[str, torch.Tensor] = {}
     for variant in plan.variants:
         corrections = (step_corrections(dispatcher.corrections, variant, plan.steps_of(variant)[0])
@@ -342,7 +382,7 @@ def phase_build(job: dict) -> dict:
         torch.set_num_threads(row.threads)
     request = ExportRequest(
         model=row.model, schedule=job["schedule_file"], out=job["engines_dir"], backend=row.backend,
-        weights=row.weights, precision=row.precision, batch_size=len(row.class_labels), guidance=row.guidance > 1,
+        weights=row.weights, precision=row.precision, batch_size=row.num_images, guidance=row.guidance > 1,
         resolution=row.resolution, granularity=row.granularity, device=row.device, options=dict(row.options),
         validate=row.validate,
     )
@@ -401,7 +441,7 @@ def phase_run(job: dict) -> dict:
 
         with skip_random_init():
             loaded = load_engines(job["engines_dir"], weights=row.weights, device=row.device, schedule=schedule,
-                                  images=len(row.class_labels), guidance=row.guidance > 1,
+                                  images=row.num_images, guidance=row.guidance > 1,
                                   precision=row.precision, backend=row.backend)
         runner = DispatcherRunner(row, spec, loaded.plan, loaded.dispatcher, dtype)
         runner.param_count = parameter_count(row.weights)

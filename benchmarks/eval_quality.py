@@ -12,9 +12,11 @@ For every schedule, N class-balanced samples (sample i has class i % 10 and its 
 * MACs per image (the analytic cost model, guidance's doubled batch included) and the theoretical speedup
   ``Plan.theoretical_speedup``; wall time is recorded too but the machine is shared, so it is only a hint.
 
-Schedules (12 blocks, 20 steps): full; Δ-DiT at three speedups (b = 10, (N, Nc) = (2, 6), (2, 8), (3, 9));
-block caching at three speedups (explicit recompute tables, see BLOCK_CACHE_TABLES); the Δ-DiT paper's
-ablation: the same plans with plain output caching (``cache: output``), i.e. equal MACs.
+Schedules (12 blocks, 20 steps): full; Δ-DiT at three speedups (b = 10, (N, Nc) = (2, 6), (2, 8), (3, 9)) and
+with its boundary measured from the change curves (``boundary: auto``); block caching at three target speedups
+from the calibration (``auto-schedule``), the two faster ones also with closed-form and trained scale/shift
+(schedule files under schedules/fmnist-calibrated/); the Δ-DiT paper's ablation: Δ-DiT plans with plain output
+caching (``cache: output``), i.e. equal MACs.
 
 Writes (atomically) ``results.csv``, ``results.json``, ``results.md``, ``fid_vs_macs.png`` and
 ``samples_<schedule>.png`` (rows: classes, columns: the first samples of each class) to ``--out``.
@@ -74,30 +76,11 @@ DEFAULT_GUIDANCE = 1.5  # FID is best at 1-1.5 on dit-fmnist with DDIM-20 and ri
 DEFAULT_BATCH = 50
 GRID_PER_CLASS = 8
 
-# Block caching: explicit per-block recompute steps (block -> steps that compute it; all other steps replay
-# the block's recorded residual). Designed with the paper's own rule (threshold on the accumulated relative
-# L1 change of each block's output) applied to change curves measured once on dit-fmnist (checkpoint step
-# 2000, 20 DDIM steps, guidance 4, 20 samples), then frozen here, since the calibration files are not part
-# of the repository yet. On this pixel-space model the curves are smallest at steps 3-12 and largest at the
-# last steps (the reverse of the paper's latent U-Nets), so the tables replay mid-run steps and compute the
-# last steps. δ = 0.07 / 0.10 / 0.12 give 1.32x / 1.56x / 1.78x.
-_ODD_0_11 = [0, 1, 3, 5, 7, 9, 11]
-BLOCK_CACHE_TABLES: dict[str, dict[int, list[int]]] = {
-    "blockcache-d0.07": {
-        **{b: _ODD_0_11 + [13, 14, 15, 16, 17, 18, 19] for b in (0, 1, 2, 11)},
-        **{b: [0, 1, 2, 4, 6, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19] for b in range(3, 9)},
-        **{b: _ODD_0_11 + [12, 13, 14, 15, 16, 17, 18, 19] for b in (9, 10)},
-    },
-    "blockcache-d0.10": {
-        0: [0, 2, 4, 7, 10, 12, 14, 16, 17, 18, 19],
-        **{b: [0, 2, 4, 6, 8, 10, 12, 14, 15, 16, 17, 18, 19] for b in range(1, 12)},
-    },
-    "blockcache-d0.12": {
-        0: [0, 2, 5, 8, 11, 14, 16, 18, 19],
-        **{b: [0, 2, 4, 7, 10, 12, 14, 16, 17, 18, 19] for b in (1, 2, 3, 9, 10, 11)},
-        **{b: [0, 2, 4, 7, 9, 11, 13, 15, 16, 17, 18, 19] for b in range(4, 9)},
-    },
-}
+# Block caching and Δ-DiT's measured boundary come from schedule files made by the commands themselves
+# (see schedules/fmnist-calibrated/README.md): `ditcache calibrate` on dit-fmnist at this evaluation's
+# sampler, steps and guidance, `ditcache auto-schedule --target-speedup` for three speedups, and
+# `ditcache fit-correction` (closed form, and trained) for the two faster ones.
+CALIBRATED = "schedules/fmnist-calibrated"
 
 
 def _delta(interval: int, cached: int, cache: str = "offset", boundary: int = 10) -> dict[str, Any]:
@@ -105,17 +88,33 @@ def _delta(interval: int, cached: int, cache: str = "offset", boundary: int = 10
             "cached_blocks": cached, "cache": cache}
 
 
-# name -> (family, schedule mapping)
-SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
+# name -> (family, schedule mapping or a schedule file relative to the repository root)
+SCHEDULES: dict[str, tuple[str, dict[str, Any] | str]] = {
     "full": ("full", {"kind": "full", "steps": STEPS}),
     "delta-N2-Nc6": ("delta-dit", _delta(2, 6)),
     "delta-N2-Nc8": ("delta-dit", _delta(2, 8)),  # = schedules/fmnist-delta-20.yaml
     "delta-N3-Nc9": ("delta-dit", _delta(3, 9)),
-    **{name: ("block-cache", {"kind": "block-cache", "steps": STEPS, "cache": "offset", "recompute": table})
-       for name, table in BLOCK_CACHE_TABLES.items()},
+    "delta-auto-N2-Nc8": ("delta-dit, measured b", f"{CALIBRATED}/delta-auto-N2-Nc8.yaml"),
+    "blockcache-1.3x": ("block-cache", f"{CALIBRATED}/blockcache-1.3x.yaml"),
+    "blockcache-1.55x": ("block-cache", f"{CALIBRATED}/blockcache-1.55x.yaml"),
+    "blockcache-1.8x": ("block-cache", f"{CALIBRATED}/blockcache-1.8x.yaml"),
+    "blockcache-1.55x-cf": ("block-cache + closed-form s/s", f"{CALIBRATED}/blockcache-1.55x-closed-form.yaml"),
+    "blockcache-1.8x-cf": ("block-cache + closed-form s/s", f"{CALIBRATED}/blockcache-1.8x-closed-form.yaml"),
+    "blockcache-1.55x-tr": ("block-cache + trained s/s", f"{CALIBRATED}/blockcache-1.55x-trained.yaml"),
+    "blockcache-1.8x-tr": ("block-cache + trained s/s", f"{CALIBRATED}/blockcache-1.8x-trained.yaml"),
     "delta-N2-Nc8-output": ("output-cache", _delta(2, 8, "output")),  # = schedules/fmnist-output-cache-20.yaml
     "delta-N3-Nc9-output": ("output-cache", _delta(3, 9, "output")),
 }
+
+
+def load_entry(name: str, entry: dict[str, Any] | str):
+    """The Schedule of a SCHEDULES entry (files resolve their curves / scale_shift paths beside themselves)."""
+    from ditcache.graphs import load_schedule, parse_schedule
+
+    if isinstance(entry, str):
+        return load_schedule(REPO_ROOT / entry)
+    return parse_schedule(entry, source=f"eval_quality:{name}")
+
 
 CSV_FIELDS = ["schedule", "family", "cache", "params", "n", "fid", "fid_boot_std", "fid_delta_vs_full",
               "fid_delta_boot_std", "fid_floor", "psnr_vs_full_db",
@@ -156,13 +155,16 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "gpu": None, "loadavg_1_5_15": load}
 
 
-def params_text(family: str, data: dict[str, Any]) -> str:
-    if family == "full":
+def params_text(schedule, plan) -> str:
+    """The schedule's parameters in a few words (Δ-DiT: b, N, Nc; block caching: δ and blocks computed)."""
+    p = schedule.params
+    if schedule.kind == "full":
         return "-"
-    if data["kind"] == "delta-dit":
-        return f"b={data['boundary']} N={data['interval']} Nc={data['cached_blocks']}"
-    computed = sum(len(v) for v in data["recompute"].values())
-    return f"recompute table ({computed}/{STEPS * len(data['recompute'])} block-steps computed)"
+    if schedule.kind == "delta-dit":
+        return f"b={p['boundary']} N={p['interval']} Nc={p['cached_blocks']}"
+    computed = sum(plan.blocks_computed(s) for s in range(plan.num_steps))
+    delta = f"δ={p['threshold']:.4g}, " if p.get("threshold") is not None else ""
+    return f"{delta}{computed}/{plan.num_steps * plan.num_blocks} block-steps computed"
 
 
 def _progress(iterable, enabled: bool, **kwargs):
@@ -217,9 +219,19 @@ def run_schedule(name: str, model, spec, plan, args, log: Callable[[str], None],
                    sampling_s, inception_s)
 
 
+def spec_scheduler_config() -> dict[str, Any]:
+    """The sampler configuration samples are drawn with (part of the resume key)."""
+    from ditcache.graphs import get_spec
+
+    return dict(get_spec(MODEL).scheduler_config)
+
+
 def work_key(name: str, plan, info, args, fid_info: dict | None) -> str:
-    payload = {"v": 1, "name": name, "plan": plan.hash(), "weights": info.sha256, "n": args.n, "seed": args.seed,
+    corrections = plan.schedule.get("scale_shift")  # the plan names the file; its content counts too
+    payload = {"v": 2, "name": name, "plan": plan.hash(), "weights": info.sha256, "n": args.n, "seed": args.seed,
                "guidance": args.guidance, "steps": STEPS, "scheduler": SCHEDULER, "torch": torch.__version__,
+               "scheduler_config": dict(spec_scheduler_config()),
+               "corrections": hashlib.sha256(Path(corrections).read_bytes()).hexdigest() if corrections else None,
                "fid": None if fid_info is None else [fid_info["version"], fid_info["sha1"]]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -295,8 +307,9 @@ def plot_fid_vs_macs(rows: list[dict[str, Any]], floor: float | None, path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    styles = {"full": ("k", "*"), "delta-dit": ("tab:blue", "o"), "block-cache": ("tab:green", "s"),
-              "output-cache": ("tab:red", "x")}
+    styles = {"full": ("k", "*"), "delta-dit": ("tab:blue", "o"), "delta-dit, measured b": ("tab:cyan", "o"),
+              "block-cache": ("tab:green", "s"), "block-cache + closed-form s/s": ("tab:olive", "D"),
+              "block-cache + trained s/s": ("tab:purple", "P"), "output-cache": ("tab:red", "x")}
     have_fid = any(r["fid"] is not None for r in rows)
     fig, axes = plt.subplots(1, 2 if have_fid else 1, figsize=(11 if have_fid else 5.5, 4.2), squeeze=False)
     panels = ([("fid", "FID vs Fashion-MNIST test (lower is better)")] if have_fid else []) + \
@@ -436,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ditcache.compiler.images import save_png
     from ditcache.compiler.runner import plan_for
-    from ditcache.graphs import costs_for, get_spec, load_model, parse_schedule
+    from ditcache.graphs import costs_for, get_spec, load_model
 
     out_stream = sys.stderr if args.json else sys.stdout
 
@@ -446,12 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     spec = get_spec(MODEL)
     costs = costs_for(spec, 2 if args.guidance > 1 else 1)  # per image, the guidance's doubled batch included
-    plans = {name: plan_for(parse_schedule(data, source=f"eval_quality:{name}"), spec)
-             for name, (_, data) in SCHEDULES.items()}
+    schedules = {name: load_entry(name, entry) for name, (_, entry) in SCHEDULES.items()}
+    plans = {name: plan_for(schedule, spec) for name, schedule in schedules.items()}
     if args.list_schedules:
-        for name, (family, data) in SCHEDULES.items():
+        for name, (family, _) in SCHEDULES.items():
             plan = plans[name]
-            log(f"{name:<22} {family:<13} {params_text(family, data):<52} "
+            log(f"{name:<22} {family:<30} {params_text(schedules[name], plan):<40} "
                 f"{plan.total_macs(costs) / 1e9:6.3f} GMACs/img  {plan.theoretical_speedup(costs):.2f}x")
         return 0
     names = list(SCHEDULES) if args.schedules is None else ["full"] + [s for s in args.schedules if s != "full"]
@@ -519,14 +532,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"paired bootstrap of FID ({args.fid_bootstrap} draws): {time.perf_counter() - t0:.0f} s")
     rows = []
     for name in names:
-        family, data = SCHEDULES[name]
+        family = SCHEDULES[name][0]
         plan, o = plans[name], outcomes[name]
         mse = float(((o.images.astype(np.float64) - full.images) ** 2).mean())
         psnr_pooled = None if mse == 0 else float(10 * np.log10(1.0 / mse))  # None: identical to full
         per_image = per_image_psnr(o.images, full.images)
         finite = per_image[np.isfinite(per_image)]  # images identical to full's have no PSNR
         row = {
-            "schedule": name, "family": family, "cache": plan.cache, "params": params_text(family, data), "n": args.n,
+            "schedule": name, "family": family, "cache": plan.cache, "params": params_text(schedules[name], plan), "n": args.n,
             "fid": fidlib.fid_from_features(o.features, ref) if with_fid else None,
             "fid_boot_std": boot.get(name, {}).get("fid_boot_std"),
             "fid_delta_vs_full": None,

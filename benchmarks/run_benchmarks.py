@@ -173,7 +173,9 @@ def run_row(cfg: BenchConfig, row: RowSpec, work: Path, engines: Path, args, pre
         if previous.get("key") == key and previous.get("status") == "ok" and Path(
                 previous.get("latents_file", "")).is_file():
             _progress(f"{prefix}   reusing the measurement from {cached} (--resume)", args.quiet)
-            return previous
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cached.stat().st_mtime))
+            return {**previous, "notes": [*previous.get("notes", []),
+                                          f"measured by an earlier invocation (row file written {when}; --resume)"]}
     job = {"row": row.to_dict(), "schedule_file": schedule_file(row, work),
            "engines_dir": str(engines / row.id.replace("/", "__")),
            "latents_file": str(row_dir / "latents.pt")}
@@ -217,7 +219,7 @@ def assemble(cfg: BenchConfig, row: RowSpec, numbers: dict[str, Any], measured: 
     out: dict[str, Any] = dict.fromkeys(COLUMNS)  # every row has every field (None: not measured)
     out.update({
         "id": row.id, "status": measured.get("status", "ok"), "kind": row.kind, "backend": row.backend,
-        "precision": row.precision, "schedule": row.schedule, "images": len(row.class_labels),
+        "precision": row.precision, "schedule": row.schedule, "images": row.num_images,
         "model_batch": cfg.model_batch, "repeats": row.repeats,
         "granularity": measured.get("granularity") if row.kind == "compiled" else None,
         "fidelity_space": "latents", "notes": [r for r in [row.note] if r],
@@ -247,6 +249,10 @@ def assemble(cfg: BenchConfig, row: RowSpec, numbers: dict[str, Any], measured: 
     if measured.get("reused") and row.backend != "inductor":  # inductor stores nothing to reuse
         out["notes"].append(f"{measured['reused']} engine graph(s) reused from an earlier export: build_s is the "
                             f"time recorded when they were built")
+    runs = measured["runs_s"]
+    if len(runs) > 1 and max(runs) > 1.25 * min(runs):
+        out["notes"].append(f"unstable timings: the slowest run took {max(runs) / min(runs):.2f}x the fastest (another "
+                            f"process competing for the CPU?); the median of {len(runs)} is reported")
     if measured.get("repeat_max_abs_diff"):
         out["notes"].append(f"repeats differ by up to {measured['repeat_max_abs_diff']:.3g} (nondeterministic kernels)")
     return out
@@ -290,6 +296,15 @@ def select(rows: list[RowSpec], args) -> list[RowSpec]:
     return rows
 
 
+def _warnings_for(warnings: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """This call's load warning applies only where this call measured something."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if ok and all(any("earlier invocation" in n for n in r.get("notes") or []) for r in ok):
+        return [w for w in warnings if "not idle" not in w] + [
+            "no row was measured in this call: every row comes from an earlier call (--resume; see each row's note)"]
+    return warnings
+
+
 def write_outputs(cfg: BenchConfig, args, out_dir: Path, results: list[dict[str, Any]], context: dict[str, Any],
                   final: bool) -> dict[str, Any]:
     """Derive the metrics and (re)write every result file atomically; called after each row, so an interrupted
@@ -322,10 +337,11 @@ def write_outputs(cfg: BenchConfig, args, out_dir: Path, results: list[dict[str,
                         "bytes per element at the row's precision; rest = peak - weights; artifacts = engine files "
                         "on disk from the export report" + ("; CUDA rows also report torch's peak allocation"
                                                            if cfg.device == "cuda" else "")),
-        "baseline_note": ("stock = diffusers DiTPipeline.__call__ unmodified, eager, built from the same transformer "
+        "baseline_note": ("stock = diffusers DiTPipeline.__call__ (PixArtAlphaPipeline for text-conditioned models, on "
+                          "the same prompt embeddings) unmodified, eager, built from the same transformer "
                           "weights and a compiler.sampling.make_scheduler scheduler, with a stand-in VAE whose "
                           "decode returns the latents (VAE decode excluded from every row)"),
-        "warnings": context["warnings"],
+        "warnings": _warnings_for(context["warnings"], rows),
         "total_wall_s": time.perf_counter() - context["start"],
         "rows": rows,
     }

@@ -1,11 +1,18 @@
 #!/usr/bin/env python
-"""Train ditcache's reference model: a small class-conditional DiT on Fashion-MNIST.
+"""Train ditcache's reference models: a small class-conditional DiT (or U-Net) on Fashion-MNIST.
 
 The model is a diffusers ``DiTTransformer2DModel`` (adaLN-zero blocks, the same block type as
 DiT-XL/2) on 28x28x1 pixels, patch 4 (7x7 = 49 tokens), 12 blocks, width 128 (4 heads x 32),
 10 classes (+ null class 10 for classifier-free guidance, added by diffusers' LabelEmbedding,
 which drops labels with p=0.1 in train mode). Epsilon prediction, DDPM schedule with 1000
 steps and linear betas 1e-4..0.02 (as in DiT), uniform t, MSE loss, AdamW, EMA of weights.
+
+``--arch unet`` trains ``unet-fmnist`` instead (config in graphs/unet_sizes.py): a diffusers
+``UNet2DConditionModel`` on the same 28x28x1 pixels (levels 28/14/7, channels 32/64/128, self-attention
+at 14x14 and 7x7, 2.4M parameters), class-conditioned by ``num_class_embeds=11`` (10 classes + null
+class 10); nn.Embedding has no built-in label dropout, so the script drops labels to 10 with p=0.1.
+Same data, noise schedule, loss, optimizer and EMA; its defaults write graphs/weights/unet-fmnist/ and
+benchmarks/results/train_unet_fmnist/.
 
 Checkpoints (EMA weights) are written atomically as a diffusers folder:
     <out-dir>/config.json, diffusion_pytorch_model.safetensors, scheduler_config.json,
@@ -22,6 +29,10 @@ Examples:
 
     # sample one image per class from the latest checkpoint (DDIM 50 steps, guidance 4)
     python benchmarks/train_reference.py --sample-only
+
+    # the U-Net reference model on one thread (the run that made graphs/weights/unet-fmnist)
+    nice -n 19 python benchmarks/train_reference.py --arch unet --threads 1 --batch-size 32 --lr 1.5e-3 \\
+        --warmup-steps 100 --ema-decay 0.998 --max-steps 4000 --ckpt-every 200 --seed 0 --overwrite-log
 
 The data reader ``load_fashion_mnist(split)`` is importable by other benchmark scripts.
 """
@@ -46,6 +57,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUT_DIR = str(REPO_ROOT / "graphs" / "weights" / "dit-fmnist")
 DEFAULT_RESULTS_DIR = str(REPO_ROOT / "benchmarks" / "results" / "train_dit_fmnist")
+ARCHS = ("dit", "unet")
+TITLES = {"dit": "DiT (12x128, p4) on Fashion-MNIST", "unet": "U-Net (32/64/128, attention at 14x14 and 7x7) on Fashion-MNIST"}
 
 CLASS_NAMES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -53,6 +66,7 @@ CLASS_NAMES = [
 ]
 NUM_CLASSES = 10
 NULL_CLASS = 10  # index appended by diffusers' LabelEmbedding when dropout_prob > 0
+LABEL_DROPOUT = 0.1  # classifier-free guidance training: labels replaced by NULL_CLASS with this probability
 
 MODEL_CONFIG = dict(
     sample_size=28,
@@ -129,9 +143,36 @@ def parse_deadline(s: str | None) -> float | None:
     return t.timestamp()
 
 
-def build_model():
-    from diffusers import DiTTransformer2DModel
-    return DiTTransformer2DModel(**MODEL_CONFIG)
+def model_config(arch: str = "dit") -> dict:
+    """diffusers kwargs of the reference model of ``arch``."""
+    if arch == "unet":
+        from ditcache.graphs.unet_sizes import UNET_FMNIST
+        return dict(UNET_FMNIST)
+    return dict(MODEL_CONFIG)
+
+
+def model_class(arch: str = "dit"):
+    import diffusers
+    return diffusers.UNet2DConditionModel if arch == "unet" else diffusers.DiTTransformer2DModel
+
+
+def build_model(arch: str = "dit"):
+    return model_class(arch)(**model_config(arch))
+
+
+def denoise(model, arch: str, x, t, labels):
+    """The model's epsilon for noisy ``x`` at timesteps ``t`` and class ``labels`` (null class 10 allowed)."""
+    if arch == "unet":
+        return model(x, t, None, class_labels=labels).sample  # no text: encoder_hidden_states unused
+    return model(x, timestep=t, class_labels=labels).sample
+
+
+def default_dirs(arch: str) -> tuple[str, str]:
+    """(weights folder, results folder) of ``arch``'s reference model."""
+    if arch == "unet":
+        return (str(REPO_ROOT / "graphs" / "weights" / "unet-fmnist"),
+                str(REPO_ROOT / "benchmarks" / "results" / "train_unet_fmnist"))
+    return DEFAULT_OUT_DIR, DEFAULT_RESULTS_DIR
 
 
 def build_scheduler():
@@ -156,7 +197,7 @@ def save_checkpoint(ema_model, scheduler, out_dir: str, meta: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def plot_losses(csv_path: Path, png_path: Path) -> None:
+def plot_losses(csv_path: Path, png_path: Path, title: str = "DiT (12x128, p4) on Fashion-MNIST") -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -176,7 +217,7 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("epsilon MSE")
-    ax.set_title("DiT (12x128, p4) on Fashion-MNIST")
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
@@ -188,12 +229,12 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
 
 # --------------------------------------------------------------------------- sampling
 def sample_grid(model_dir: str, results_dir: str, guidance: float = 4.0, steps: int = 50,
-                seed: int = 0, tag: str | None = None) -> Path:
+                seed: int = 0, tag: str | None = None, arch: str = "dit") -> Path:
     """Sample one image per class (DDIM, CFG with null label 10) and save a PNG grid."""
     import torch
-    from diffusers import DDIMScheduler, DiTTransformer2DModel
+    from diffusers import DDIMScheduler
 
-    model = DiTTransformer2DModel.from_pretrained(model_dir).eval()
+    model = model_class(arch).from_pretrained(model_dir).eval()
     sched = DDIMScheduler.from_pretrained(model_dir)
     sched.set_timesteps(steps)
     meta_path = Path(model_dir) / "training.json"
@@ -210,7 +251,7 @@ def sample_grid(model_dir: str, results_dir: str, guidance: float = 4.0, steps: 
         for t in sched.timesteps:
             xin = torch.cat([x, x])
             tt = torch.full((2 * n,), int(t), dtype=torch.long)
-            eps = model(xin, timestep=tt, class_labels=labels_in).sample
+            eps = denoise(model, arch, xin, tt, labels_in)
             eps_c, eps_u = eps.chunk(2)
             eps = eps_u + guidance * (eps_c - eps_u)
             x = sched.step(eps, t, x).prev_sample
@@ -303,7 +344,7 @@ def train(args) -> None:
     y_all = torch.from_numpy(labels)
     N = x_all.shape[0]
 
-    model = build_model().train()
+    model = build_model(args.arch).train()
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -338,10 +379,11 @@ def train(args) -> None:
             class_names=CLASS_NAMES,
             num_classes=NUM_CLASSES,
             null_class_index=NULL_CLASS,
-            label_dropout_p=0.1,
+            label_dropout_p=LABEL_DROPOUT,
             prediction="epsilon",
             noise_schedule=SCHEDULE_CONFIG,
-            model_config=MODEL_CONFIG,
+            architecture=args.arch,
+            model_config=model_config(args.arch),
             weights="EMA",
             ema_decay=args.ema_decay,
             optimizer=dict(name="AdamW", lr=args.lr, warmup_steps=args.warmup_steps,
@@ -400,8 +442,10 @@ def train(args) -> None:
         lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup_steps))
         for group in opt.param_groups:
             group["lr"] = lr
+        if args.arch == "unet":  # DiT's LabelEmbedding drops labels itself in train mode; nn.Embedding does not
+            y = torch.where(torch.rand(y.shape, generator=gen) < LABEL_DROPOUT, torch.full_like(y, NULL_CLASS), y)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
-            pred = model(xt, timestep=t, class_labels=y).sample
+            pred = denoise(model, args.arch, xt, t, y)
         loss = F.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -455,17 +499,17 @@ def train(args) -> None:
             t_last = time.time()
         if args.ckpt_every and step % args.ckpt_every == 0:
             save_checkpoint(ema, sched, args.out_dir, meta(step, last_logged, ema_loss))
-            plot_losses(csv_path, results / "loss_curve.png")
+            plot_losses(csv_path, results / "loss_curve.png", TITLES[args.arch])
             print(f"checkpoint step {step} -> {args.out_dir}", flush=True)
 
     save_checkpoint(ema, sched, args.out_dir, meta(step, last_logged, ema_loss))
     csv_f.close()
-    plot_losses(csv_path, results / "loss_curve.png")
+    plot_losses(csv_path, results / "loss_curve.png", TITLES[args.arch])
     print(f"done: stop={stop_reason} step={step} wall={time.time() - t_start:.0f}s "
           f"ema_loss={ema_loss} -> {args.out_dir}", flush=True)
     if args.sample_at_end:
         out = sample_grid(args.out_dir, args.results_dir, guidance=args.guidance,
-                          steps=args.sample_steps)
+                          steps=args.sample_steps, arch=args.arch)
         print(f"samples -> {out}", flush=True)
 
 
@@ -475,9 +519,11 @@ def main(argv=None):
         epilog=__doc__[__doc__.index("Examples:"):],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--arch", default="dit", choices=ARCHS,
+                   help="dit: dit-fmnist (DiTTransformer2DModel); unet: unet-fmnist (UNet2DConditionModel)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="folder with Fashion-MNIST idx(.gz) files")
-    p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help="diffusers folder for the EMA checkpoint")
-    p.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="loss CSV / plots / samples")
+    p.add_argument("--out-dir", help="diffusers folder for the EMA checkpoint (default: graphs/weights/<model>)")
+    p.add_argument("--results-dir", help="loss CSV / plots / samples (default: benchmarks/results/train_<model>)")
     p.add_argument("--csv-name", default="loss.csv")
     p.add_argument("--overwrite-log", action="store_true", help="start a fresh loss CSV")
     p.add_argument("--max-steps", type=int, default=20000)
@@ -509,6 +555,9 @@ def main(argv=None):
                    help="rewrite the run-status block of <results-dir>/README.md from the "
                         "checkpoint's training.json and the loss CSV, then exit")
     args = p.parse_args(argv)
+    out_dir, results_dir = default_dirs(args.arch)
+    args.out_dir = args.out_dir or out_dir
+    args.results_dir = args.results_dir or results_dir
     if args.update_readme:
         print(update_readme(args.out_dir, args.results_dir))
         return
@@ -516,7 +565,7 @@ def main(argv=None):
         import torch
         torch.set_num_threads(args.threads or 2)
         out = sample_grid(args.out_dir, args.results_dir, guidance=args.guidance,
-                          steps=args.sample_steps, seed=args.sample_seed)
+                          steps=args.sample_steps, seed=args.sample_seed, arch=args.arch)
         print(out)
         return
     train(args)

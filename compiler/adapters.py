@@ -49,7 +49,8 @@ def segment_fns(plan: Plan, flats: Mapping[str, FlatFn], graphs: Mapping[str, Gr
         graph, flat = graphs[f"segment.{name}"], flats[f"segment.{name}"]
 
         def call(*xs, graph=graph, flat=flat):
-            return flat(*cast_inputs(graph, dict(zip(graph.input_names, xs))))[0]
+            outs = flat(*cast_inputs(graph, dict(zip(graph.input_names, xs))))
+            return outs[0] if len(outs) == 1 else tuple(outs)  # a head may hand several values on
 
         callables[name] = _CallableSegment(seg, call)
     return {v.name: _float_output(segment_variant_fn(plan, v, callables, hidden)) for v in plan.variants}

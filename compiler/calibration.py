@@ -11,8 +11,10 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from ditcache.graphs import parts_for
 from ditcache.graphs.registry import ModelSpec
 from ditcache.graphs.schedule import CURVES_FORMAT
+from ditcache.graphs.segments import block_modules
 
 from .sampling import SampleRequest, model_denoiser, sample
 
@@ -91,12 +93,13 @@ def calibrate(model: nn.Module, spec: ModelSpec, requests: Iterable[SampleReques
     if any(r.steps != steps or r.scheduler != requests[0].scheduler or r.guidance_scale != requests[0].guidance_scale
            for r in requests):
         raise ValueError("all calibration requests must share steps, sampler and guidance")
-    blocks = list(model.transformer_blocks)
+    blocks = block_modules(parts_for(model, spec))  # DiT blocks, or a U-Net's attention layers
     stats = _Welford(len(blocks), steps)
     state: dict[str, Any] = {"step": -1, "previous": {}}
 
     def hook(index: int):
         def record(_module, _args, output):
+            output = output[0] if isinstance(output, tuple) else output  # diffusers' return_dict=False tuples
             previous = state["previous"].get(index)
             if previous is not None and previous.shape == output.shape:
                 stats.add(index, state["step"], relative_l1(output, previous))

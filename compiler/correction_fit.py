@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 from ditcache.graphs import parts_for
+from ditcache.graphs.corrections import identity_corrections, range_channel_shapes
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.registry import ModelSpec
 
@@ -17,19 +18,25 @@ from .eager import eager_variants
 from .sampling import SampleRequest, sample
 
 
-def least_squares_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (last dim) ``scale, shift`` minimising ‖scale·x + shift − y‖² over all other dims.
+def least_squares_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6,
+                         channel_shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``scale, shift`` minimising ‖scale·x + shift − y‖² over all other dims.
 
-    A channel whose cached values do not vary keeps scale 1 and gets only the mean offset.
+    Channels are the last dim, or the dim a ``channel_shape`` broadcast aligns with (``(C, 1, 1)``: dim 1 of
+    (B, C, H, W) feature maps); the results have ``channel_shape`` (default ``(D,)``). A channel whose cached
+    values do not vary keeps scale 1 and gets only the mean offset.
     """
-    xs, ys = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()  # (N, D)
+    shape = tuple(channel_shape) if channel_shape is not None else (x.shape[-1],)
+    axis = x.ndim - len(shape)
+    xs = x.movedim(axis, -1).reshape(-1, x.shape[axis]).double()  # (N, D)
+    ys = y.movedim(axis, -1).reshape(-1, y.shape[axis]).double()
     mx, my = xs.mean(0), ys.mean(0)
     var = ((xs - mx) ** 2).mean(0)  # (D,)
     cov = ((xs - mx) * (ys - my)).mean(0)
     flat = var <= ridge * (ys.var(0) + 1e-12)
     scale = torch.where(flat, torch.ones_like(var), cov / var.clamp(min=1e-30))
     shift = my - scale * mx
-    return scale.float(), shift.float()
+    return scale.float().reshape(shape), shift.float().reshape(shape)
 
 
 @torch.no_grad()
@@ -43,11 +50,8 @@ def fit_corrections(model: torch.nn.Module, spec: ModelSpec, plan: Plan, request
     Steps where a range is not replayed keep scale 1, shift 0.
     """
     parts = parts_for(model, spec)
-    width = parts.channel_shape()
-    tensors = {}
-    for r in plan.ranges:
-        tensors[f"scale.{r.name}"] = torch.ones(plan.num_steps, *width)
-        tensors[f"shift.{r.name}"] = torch.zeros(plan.num_steps, *width)
+    widths = range_channel_shapes(parts, plan)  # (D,) for token sequences, (C, 1, 1) for U-Net feature maps
+    tensors = identity_corrections(plan, widths)
     state = {"dispatcher": None}
 
     def observe(name, h_in, replayed, truth):
@@ -57,7 +61,7 @@ def fit_corrections(model: torch.nn.Module, spec: ModelSpec, plan: Plan, request
             x, y = replayed - h_in, true_out - h_in  # (B, T, D) cached Δ and the true one
         else:
             x, y = replayed, true_out
-        scale, shift = least_squares_affine(x, y)
+        scale, shift = least_squares_affine(x, y, channel_shape=widths[name])
         tensors[f"scale.{name}"][step] = scale
         tensors[f"shift.{name}"][step] = shift
         corrected = x * scale + shift

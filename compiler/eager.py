@@ -17,10 +17,11 @@ def segment_variant_fn(plan: Plan, variant: Variant, segments: Mapping[str, Segm
                        on_replay=None) -> VariantFn:
     """A variant that chains callable segments on the host (segment granularity)."""
     inputs_of = {k: s.inputs for k, s in segments.items()}
+    outputs_of = {k: s.outputs for k, s in segments.items()}
 
     def run(inputs, caches, corrections):
         return run_variant(plan, variant, lambda name, xs: segments[name](*xs), inputs_of, inputs, caches,
-                           corrections, hidden, on_replay)
+                           corrections, hidden, on_replay, outputs_of)
 
     return run
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ditcache.graphs.plan import Plan, Variant
-from ditcache.graphs.segments import DenoiserParts, Segment
+from ditcache.graphs.segments import DenoiserParts, Segment, channel_shape_at, hidden_shape_at
 from ditcache.graphs.variants import (
     VariantModule,
     build_segments,
@@ -31,10 +31,24 @@ class TupleOutputs(nn.Module):
 
 
 def model_example_inputs(parts: DenoiserParts, batch: int, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Model inputs of the graph shapes: the image in ``dtype``, conditioning as the sampler passes it."""
+    """Model inputs of the graph shapes, as the sampler passes them: the image and floating conditioning (text
+    embeddings, micro-conditions) in ``dtype``; the timestep in float32; labels and masks as integers."""
     inputs = parts.example_inputs(batch, torch.Generator().manual_seed(seed))
-    inputs["x"] = inputs["x"].to(dtype)
+    for name, value in inputs.items():
+        if value.is_floating_point() and name != "timestep":
+            inputs[name] = value.to(dtype)
     return inputs
+
+
+def head_values(parts: DenoiserParts, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Everything the head hands on (hidden state and conditioning such as PixArt's caption tokens), computed
+    from ``inputs``: realistic example values for the later segments' graph inputs."""
+    head = parts.head()
+    device = _device_of(head.module)
+    with torch.no_grad():
+        outs = head.module(*(inputs[n].to(device) for n in head.inputs))
+    outs = (outs,) if isinstance(outs, torch.Tensor) else outs
+    return {n: v.cpu() for n, v in zip(head.outputs, outs)}
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -64,18 +78,45 @@ def variant_graph(parts: DenoiserParts, plan: Plan, variant: Variant, batch: int
     values = model_example_inputs(parts, batch, dtype, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     for n in variant.replay:
-        values[cache_input_name(n)] = torch.randn(parts.hidden_shape(batch), generator=gen).to(dtype)
-        values[scale_name(n)] = (1 + 0.1 * torch.randn(parts.channel_shape(), generator=gen)).to(dtype)
-        values[shift_name(n)] = (0.1 * torch.randn(parts.channel_shape(), generator=gen)).to(dtype)
+        block = plan.range(n).start  # a range's cache and correction take the shapes of its blocks' features
+        values[cache_input_name(n)] = torch.randn(hidden_shape_at(parts, batch, block), generator=gen).to(dtype)
+        values[scale_name(n)] = (1 + 0.1 * torch.randn(channel_shape_at(parts, block), generator=gen)).to(dtype)
+        values[shift_name(n)] = (0.1 * torch.randn(channel_shape_at(parts, block), generator=gen)).to(dtype)
     example = tuple(values[n] for n in module.input_names)
     return _spec(f"variant.{variant.name}", module, module.input_names, module.output_names, example)
 
 
-def segment_graph(parts: DenoiserParts, segment: Segment, batch: int, dtype: torch.dtype, seed: int = 0) -> GraphSpec:
-    """One segment as a graph; its hidden-state input takes the hidden shape."""
-    values = model_example_inputs(parts, batch, dtype, seed)
-    gen = torch.Generator().manual_seed(seed + 2)
-    values[parts.hidden_name] = torch.randn(parts.hidden_shape(batch), generator=gen).to(dtype)
+def chain_values(parts: DenoiserParts, segments: dict[str, Segment], batch: int, dtype: torch.dtype,
+                 seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """The values each segment reads in one full step on random model inputs (``segments`` in the order a
+    full step runs them, as :func:`build_segments` returns them): realistic example inputs of the right shapes
+    for every segment graph, hidden states, embeddings and skip features included."""
+    env = model_example_inputs(parts, batch, dtype, seed)
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+    with torch.no_grad():
+        for name, segment in segments.items():
+            device = _device_of(segment.module)
+            seen[name] = {k: env[k] for k in segment.inputs}
+            outs = segment.module(*(env[k].to(device) for k in segment.inputs))
+            env.update(zip(segment.outputs, (outs,) if isinstance(outs, torch.Tensor) else outs))
+    return seen
+
+
+def segment_graph(parts: DenoiserParts, segment: Segment, batch: int, dtype: torch.dtype, seed: int = 0,
+                  values: dict[str, torch.Tensor] | None = None) -> GraphSpec:
+    """One segment as a graph. ``values``: its example inputs (from :func:`chain_values`); without them, model
+    inputs, what the head computes and a random hidden state of the segment's shape."""
+    if values is None:
+        values = model_example_inputs(parts, batch, dtype, seed)
+        if any(n not in values for n in segment.inputs):  # values the head computes (PixArt: caption tokens, ...)
+            values.update({k: v for k, v in head_values(parts, values).items() if k not in values})
+        gen = torch.Generator().manual_seed(seed + 2)
+        shape = hidden_shape_at(parts, batch, segment.start or 0)
+        values[parts.hidden_name] = torch.randn(shape, generator=gen).to(dtype)
+        missing = [n for n in segment.inputs if n not in values]
+        if missing:
+            raise ValueError(f"segment {segment.name} reads {missing}, which earlier segments compute: pass values "
+                             f"from chain_values (plan_graphs does)")
     example = tuple(values[n] for n in segment.inputs)
     outputs = tuple(f"{n}_out" if n in segment.inputs else n for n in segment.outputs)  # graph names are unique
     return _spec(f"segment.{segment.name}", TupleOutputs(segment.module), segment.inputs, outputs, example)
@@ -87,5 +128,6 @@ def plan_graphs(parts: DenoiserParts, plan: Plan, granularity: str, batch: int, 
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     segments = build_segments(parts, plan)
     if granularity == "segment":
-        return [segment_graph(parts, s, batch, dtype) for s in segments.values()]
+        values = chain_values(parts, segments, batch, dtype)
+        return [segment_graph(parts, s, batch, dtype, values=values[name]) for name, s in segments.items()]
     return [variant_graph(parts, plan, v, batch, dtype, segments) for v in plan.variants]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ditcache.graphs import costs_for, parts_for
-from ditcache.graphs.corrections import load_corrections
+from ditcache.graphs.corrections import load_corrections, range_channel_shapes
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.registry import ModelSpec
 from ditcache.graphs.schedule import Schedule
@@ -41,7 +41,7 @@ def corrections_for(plan: Plan, spec: ModelSpec, parts) -> dict[str, torch.Tenso
     """The scale/shift tensors named by a corrected plan's schedule."""
     if not plan.corrected:
         return None
-    return load_corrections(Path(plan.schedule["scale_shift"]), plan, parts.channel_shape())
+    return load_corrections(Path(plan.schedule["scale_shift"]), plan, range_channel_shapes(parts, plan))
 
 
 def eager_dispatcher(model: nn.Module, spec: ModelSpec, plan: Plan,

@@ -1,15 +1,19 @@
-"""Class-conditional sampling loop with classifier-free guidance over diffusers schedulers."""
+"""The sampling loop (class- or text-conditional, classifier-free guidance) over diffusers schedulers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
 
 from ditcache.graphs.registry import ModelSpec
 
-SCHEDULERS = ("ddim", "dpm++", "euler", "ddpm")
+from .conditioning import Conditioning, conditioning_for
+from .prompts import PromptEmbeddings
+
+SCHEDULERS = ("ddim", "dpm++", "euler", "ddpm", "lcm")
 
 Denoiser = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -23,6 +27,7 @@ def make_scheduler(name: str, config: Mapping[str, Any]):
         "dpm++": diffusers.DPMSolverMultistepScheduler,
         "euler": diffusers.EulerDiscreteScheduler,
         "ddpm": diffusers.DDPMScheduler,
+        "lcm": diffusers.LCMScheduler,
     }
     if name not in classes:
         raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
@@ -34,54 +39,71 @@ class SampleRequest:
     """What to sample.
 
     Args:
-        class_labels: one class per image.
+        class_labels: one class per image (class-conditional models).
         steps: sampling steps (must equal the schedule's).
         guidance_scale: classifier-free guidance; <= 1 disables it (no batch doubling).
         seed: seeds the initial noise (same generator use as diffusers' DiTPipeline).
-        scheduler: ``ddim``, ``dpm++``, ``euler`` or ``ddpm``.
+        scheduler: ``ddim``, ``dpm++``, ``euler``, ``ddpm`` or ``lcm``.
         sample_seeds: one seed per image instead of ``seed``: each image's noise then depends only on its
             own seed, so batching and sharding do not change it.
+        prompts: text-conditioned models: prompt embeddings, one row per image (instead of class labels),
+            with the negative prompt's for guidance.
     """
 
-    class_labels: tuple[int, ...]
+    class_labels: tuple[int, ...] = ()
     steps: int = 50
     guidance_scale: float = 4.0
     seed: int = 0
     scheduler: str = "ddim"
     sample_seeds: tuple[int, ...] | None = None
+    prompts: PromptEmbeddings | None = field(default=None, compare=False)
 
     @property
     def cfg(self) -> bool:
         return self.guidance_scale > 1
 
     @property
+    def num_images(self) -> int:
+        return self.prompts.num_images if self.prompts is not None else len(self.class_labels)
+
+    @property
     def model_batch(self) -> int:
         """Batch the denoiser sees (doubled under guidance)."""
-        return len(self.class_labels) * (2 if self.cfg else 1)
+        return self.num_images * (2 if self.cfg else 1)
+
+    def conditioning(self, spec: ModelSpec) -> Conditioning:
+        """The checked conditioning of this request on ``spec``."""
+        return conditioning_for(spec, tuple(self.class_labels), self.prompts, self.cfg)
+
+
+def noise_generators(request: SampleRequest) -> torch.Generator | list[torch.Generator]:
+    """One seeded CPU generator for the batch (as the diffusers pipelines), or one per image with
+    ``sample_seeds``. The sampling loop draws x_T from it and hands it on to stochastic schedulers (LCM, DDPM)."""
+    if request.sample_seeds is None:
+        return torch.Generator(device="cpu").manual_seed(request.seed)
+    if len(request.sample_seeds) != request.num_images:
+        raise ValueError(f"{len(request.sample_seeds)} sample seeds for {request.num_images} images")
+    return [torch.Generator().manual_seed(s) for s in request.sample_seeds]
 
 
 def initial_noise(spec: ModelSpec, request: SampleRequest, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """x_T (B, C, H, W): one generator for the batch (as DiTPipeline), or one per image with ``sample_seeds``."""
+                  device: torch.device | str = "cpu",
+                  generators: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    """x_T (B, C, H, W) from :func:`noise_generators` (or ``generators``, which it advances)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     shape = (spec.in_channels, spec.sample_size, spec.sample_size)
-    if request.sample_seeds is None:
-        generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        return randn_tensor((len(request.class_labels), *shape), generator=generator, device=torch.device(device),
+    generators = noise_generators(request) if generators is None else generators
+    if isinstance(generators, torch.Generator):
+        return randn_tensor((request.num_images, *shape), generator=generators, device=torch.device(device),
                             dtype=dtype)
-    if len(request.sample_seeds) != len(request.class_labels):
-        raise ValueError(f"{len(request.sample_seeds)} sample seeds for {len(request.class_labels)} images")
-    noise = [torch.randn((1, *shape), generator=torch.Generator().manual_seed(s)) for s in request.sample_seeds]
+    noise = [torch.randn((1, *shape), generator=g) for g in generators]
     return torch.cat(noise).to(device=device, dtype=dtype)
 
 
 def validate_request(request: SampleRequest, spec: ModelSpec) -> None:
-    bad = [c for c in request.class_labels if not 0 <= c < spec.num_classes]
-    if bad:
-        raise ValueError(f"class {bad[0]} is outside {spec.name}'s classes 0..{spec.num_classes - 1}")
-    if not request.class_labels:
-        raise ValueError("give at least one class label")
+    """Raise ValueError when the request's conditioning does not fit ``spec`` (the message says the fix)."""
+    request.conditioning(spec)
 
 
 @torch.no_grad()
@@ -96,17 +118,19 @@ def sample(
 ) -> torch.Tensor:
     """Run the reverse process; returns the final latents (B, C, H, W).
 
-    Mirrors diffusers' DiTPipeline (noise from one seeded generator, guidance on the epsilon channels,
-    learned-sigma channels dropped), but steps the scheduler from the unscaled sample.
+    Mirrors diffusers' DiTPipeline (class labels) and PixArtAlphaPipeline (prompt embeddings): noise from one
+    seeded generator, which stochastic schedulers (LCM, DDPM) also draw from; guidance on the epsilon channels;
+    learned-sigma channels dropped. Steps the scheduler from the unscaled sample.
     """
-    validate_request(request, spec)
+    conditioning = request.conditioning(spec)
     scheduler = make_scheduler(request.scheduler, scheduler_config or spec.scheduler_config)
     channels = spec.in_channels
-    latents = initial_noise(spec, request, dtype, device)
-    labels = torch.tensor(request.class_labels, device=device)
-    if request.cfg:
-        labels = torch.cat([labels, torch.full_like(labels, spec.null_class)])
+    cond = conditioning.inputs(request.cfg, dtype, device)
     scheduler.set_timesteps(request.steps)
+    generators = noise_generators(request)
+    latents = initial_noise(spec, request, dtype, device, generators)
+    latents = latents * scheduler.init_noise_sigma  # 1 for DDIM, DPM-Solver, DDPM, LCM
+    step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
     timesteps = scheduler.timesteps
     iterator = timesteps
     if progress:
@@ -117,19 +141,31 @@ def sample(
         model_in = torch.cat([latents, latents]) if request.cfg else latents  # (2B, C, H, W)
         model_in = scheduler.scale_model_input(model_in, t)
         t_batch = t.reshape(1).to(device=device, dtype=torch.float32).expand(model_in.shape[0])
-        out = denoiser({"x": model_in.to(dtype), "timestep": t_batch, "class_labels": labels})
+        out = denoiser({"x": model_in.to(dtype), "timestep": t_batch, **cond})
         eps = out[:, :channels].float()  # learned-sigma channels dropped
         if request.cfg:
-            cond, uncond = eps.chunk(2)
-            eps = uncond + request.guidance_scale * (cond - uncond)
-        latents = scheduler.step(eps, t, latents.float()).prev_sample.to(dtype)
+            eps = conditioning.guide(eps, request.guidance_scale)
+        latents = scheduler.step(eps, t, latents.float(), **step_kwargs).prev_sample.to(dtype)
     return latents
 
 
 def model_denoiser(model: torch.nn.Module) -> Denoiser:
-    """The unmodified diffusers model as a denoiser (the eager reference)."""
+    """The unmodified diffusers model as a denoiser (the eager reference), class- or text-conditioned."""
+    context = inspect.signature(model.forward).parameters.get("encoder_hidden_states")
+    no_text = {"encoder_hidden_states": None} if context is not None and context.default is context.empty else {}
 
     def run(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return model(inputs["x"], timestep=inputs["timestep"], class_labels=inputs["class_labels"]).sample
+        kwargs = {**no_text, **diffusers_kwargs(inputs)}  # a class-conditional UNet2DConditionModel takes no text
+        return model(inputs["x"], timestep=inputs["timestep"], **kwargs).sample
 
     return run
+
+
+def diffusers_kwargs(inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """ditcache's conditioning inputs as keyword arguments of a diffusers denoiser's forward."""
+    kwargs: dict[str, Any] = {k: inputs[k] for k in ("class_labels", "encoder_hidden_states", "encoder_attention_mask")
+                              if k in inputs}
+    added = {k: inputs[k] for k in ("resolution", "aspect_ratio") if k in inputs}  # PixArt micro-conditions
+    if added:
+        kwargs["added_cond_kwargs"] = added
+    return kwargs

@@ -17,7 +17,21 @@ EXAMPLES = """examples:
   ditcache show-plan --model dit-xl --schedule schedules/dit-xl-delta-20.yaml
   ditcache sample --model dit-fmnist --schedule schedules/fmnist-delta-20.yaml --classes 0 1 2 --out out/
   ditcache sample --model dit-xl --random-weights --steps 20 --classes 207 --out out/   # timing only
+  ditcache sample --model pixart-256 --weights PixArt-XL-2-256x256/ --schedule schedules/pixart-delta-20.yaml \
+      --text-encoder t5-v1_1-xxl/ --prompt "a red fox in the snow" --vae sd-vae-ft-ema/ --out out/
+  ditcache show-plan --model pixart-1024 --schedule schedules/pixart-delta-20.yaml
 """
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +45,57 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     from ditcache.compiler.sampling import SCHEDULERS
 
-    parser.add_argument("--scheduler", default="ddim", choices=SCHEDULERS, help="sampler (default: %(default)s)")
-    parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale; <= 1 disables it")
+    parser.add_argument("--scheduler", choices=SCHEDULERS,
+                        help="sampler (default: the model's: ddim for DiT, dpm++ for PixArt-α, lcm for PixArt-α-LCM)")
+    parser.add_argument("--guidance", type=float,
+                        help="classifier-free guidance scale; <= 1 disables it (default: the model's: 4.0 for DiT, "
+                             "4.5 for PixArt-α, none for LCM)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classes", type=int, nargs="+", help="one class label per image (default: 0..9)")
+
+
+def _add_text_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--embeddings", help="text-conditioned models: safetensors file with prompt_embeds, "
+                                             "prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask")
+    parser.add_argument("--text-encoder", help="text-conditioned models: local T5 folder (or pipeline folder with "
+                                               "text_encoder/ and tokenizer/) to encode --prompt with")
+    parser.add_argument("--prompt", nargs="+", help="one prompt per image (with --text-encoder)")
+    parser.add_argument("--negative-prompt", default="", help="prompt guidance steers away from (default: empty)")
+
+
+def _sampling_defaults(args: argparse.Namespace, spec) -> None:
+    """Fill --scheduler and --guidance left out with the model's defaults."""
+    if getattr(args, "scheduler", None) is None:
+        args.scheduler = spec.sampler
+    if getattr(args, "guidance", None) is None:
+        args.guidance = spec.guidance_scale
+
+
+def _prompts(args: argparse.Namespace, spec):
+    """The prompt embeddings of a text-conditioned model (None for class-conditional ones), from --embeddings or
+    encoded from --prompt with --text-encoder."""
+    from ditcache.compiler.prompts import PromptEmbeddings, encode_prompts
+
+    given = [flag for flag, value in (("--embeddings", args.embeddings), ("--text-encoder", args.text_encoder),
+                                      ("--prompt", args.prompt)) if value]
+    if not spec.text_conditioned:
+        if given:
+            raise ValueError(f"{spec.name} is class-conditional: {given[0]} applies to text-conditioned models; "
+                             f"give --classes")
+        return None
+    if args.classes:
+        raise ValueError(f"{spec.name} is text-conditioned: give prompts (--embeddings or --text-encoder with "
+                         f"--prompt), not --classes")
+    if args.embeddings and (args.text_encoder or args.prompt):
+        raise ValueError("give either --embeddings FILE or --text-encoder DIR with --prompt, not both")
+    if args.embeddings:
+        return PromptEmbeddings.load(args.embeddings)
+    if args.text_encoder:
+        if not args.prompt:
+            raise ValueError("--text-encoder encodes --prompt TEXT [TEXT ...]: give the prompts")
+        return encode_prompts(args.text_encoder, args.prompt, args.negative_prompt, max_length=int(spec.text_length))
+    raise ValueError(f"{spec.name} is text-conditioned: give --embeddings FILE (precomputed T5 embeddings) or "
+                     f"--text-encoder DIR --prompt TEXT ...")
 
 
 def _load(args: argparse.Namespace):
@@ -42,6 +103,7 @@ def _load(args: argparse.Namespace):
     from ditcache.graphs.weights import load_model
 
     spec = get_spec(args.model)
+    _sampling_defaults(args, spec)
     model, info = load_model(spec, args.weights, args.random_weights)
     if info.random:
         print(f"WARNING: {spec.name} has RANDOM weights ({info.source}): timings are real, images are noise",
@@ -90,8 +152,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     spec, model, info = _load(args)
     schedule = _schedule(args)
     plan = plan_for(schedule, spec)
-    classes = tuple(args.classes if args.classes is not None else range(min(10, spec.num_classes)))
-    request = SampleRequest(classes, schedule.steps, args.guidance, args.seed, args.scheduler)
+    prompts = _prompts(args, spec)
+    classes = () if prompts is not None else tuple(args.classes if args.classes is not None else
+                                                   range(min(10, spec.num_classes)))
+    request = SampleRequest(classes, schedule.steps, args.guidance, args.seed, args.scheduler, prompts=prompts)
     dispatcher = eager_dispatcher(model, spec, plan)
     start = time.perf_counter()
     latents = sample_with_plan(dispatcher, spec, request, progress=not args.quiet)
@@ -105,9 +169,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     written = ["latents.pt", "latents.npy"]
     images = decode(latents, spec, args.vae)
     if images is not None:
-        save_png(grid(to_uint8(images), columns=min(len(classes), 10)), out / "grid.png", scale=2 if not spec.latent else 1)
+        save_png(grid(to_uint8(images), columns=min(request.num_images, 10)), out / "grid.png",
+                 scale=2 if not spec.latent else 1)
         written.append("grid.png")
-    print(f"{spec.name}: {len(classes)} images, {schedule.kind} schedule, {request.steps} {request.scheduler} steps, "
+    print(f"{spec.name}: {request.num_images} images, {schedule.kind} schedule, {request.steps} {request.scheduler} steps, "
           f"guidance {request.guidance_scale}, seed {request.seed}: {seconds:.2f} s (eager); "
           f"wrote {', '.join(str(out / w) for w in written)}")
     if images is None:
@@ -125,13 +190,23 @@ def _options(pairs: list[str]) -> dict:
     return options
 
 
+def _export_guidance(args: argparse.Namespace) -> bool:
+    """Whether engines are built for guidance (a doubled batch): yes unless --no-guidance or the model samples
+    without it by default (PixArt-α-LCM); --guidance-batch forces it."""
+    from ditcache.graphs.registry import get_spec
+
+    if args.no_guidance:
+        return False
+    return bool(args.guidance_batch) or get_spec(args.model).guidance_scale > 1
+
+
 def cmd_export_engines(args: argparse.Namespace) -> int:
     from ditcache.export.export_engines import ExportRequest, export_engines
 
     request = ExportRequest(
         model=args.model, schedule=args.schedule, out=args.out, backend=args.backend, weights=args.weights,
         random_weights=args.random_weights, precision=args.precision, batch_size=args.batch_size,
-        guidance=not args.no_guidance, resolution=args.resolution, granularity=args.granularity,
+        guidance=_export_guidance(args), resolution=args.resolution, granularity=args.granularity,
         device=args.device, options=_options(args.option), validate=not args.no_validate,
     )
     report = export_engines(request, log=lambda m: print(m, file=sys.stderr), progress=not args.quiet)
@@ -154,14 +229,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ditcache.compiler.runner import sample_with_plan
     from ditcache.compiler.sampling import SampleRequest
     from ditcache.export.load import load_engines
+    from ditcache.export.manifest import Manifest
+    from ditcache.graphs.registry import get_spec
     from ditcache.graphs.schedule import load_schedule
 
-    classes = tuple(args.classes)
-    check = {"images": len(classes), "guidance": args.guidance > 1}
+    spec = get_spec(Manifest.read(Path(args.engines)).model["name"])
+    _sampling_defaults(args, spec)
+    prompts = _prompts(args, spec)
+    if prompts is None and not args.classes:
+        raise ValueError(f"{spec.name} is class-conditional: give --classes (one label per image)")
+    classes = () if prompts is not None else tuple(args.classes)
+    images = prompts.num_images if prompts is not None else len(classes)
+    check = {"images": images, "guidance": args.guidance > 1}
     if args.schedule:
         check["schedule"] = load_schedule(args.schedule)
     loaded = load_engines(args.engines, weights=args.weights, device=args.device, **check)
-    request = SampleRequest(classes, loaded.plan.num_steps, args.guidance, args.seed, args.scheduler)
+    request = SampleRequest(classes, loaded.plan.num_steps, args.guidance, args.seed, args.scheduler, prompts=prompts)
     device = args.device or loaded.manifest.backend["settings"]["device"]
     sample_with_plan(loaded.dispatcher, loaded.spec, request, device=device)  # warm-up / compile
     times = []
@@ -175,11 +258,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     np.save(out / "latents.npy", latents.cpu().numpy())
     images = decode(latents.cpu(), loaded.spec, args.vae)
     if images is not None:
-        save_png(grid(to_uint8(images), columns=min(len(classes), 10)), out / "grid.png",
+        save_png(grid(to_uint8(images), columns=min(request.num_images, 10)), out / "grid.png",
                  scale=1 if loaded.spec.latent else 2)
     m = loaded.manifest
     print(f"{loaded.spec.name} via {m.backend['name']} ({m.granularity}, {m.backend['settings']['precision']}): "
-          f"{len(classes)} images, {request.steps} {request.scheduler} steps, median {sorted(times)[len(times) // 2]:.3f} s "
+          f"{request.num_images} images, {request.steps} {request.scheduler} steps, median {sorted(times)[len(times) // 2]:.3f} s "
           f"over {args.repeats} runs (compile/warm-up excluded); wrote {out}")
     return 0
 
@@ -249,16 +332,30 @@ def cmd_fit_correction(args: argparse.Namespace) -> int:
     plan = plan_for(schedule, spec)
     classes = tuple(args.classes if args.classes is not None else range(min(10, spec.num_classes)))
     request = calibration_request(classes, args.seeds, schedule.steps, args.guidance, args.scheduler)
-    tensors = fit_corrections(model, spec, plan, request, progress=not args.quiet)
+    metadata = {"model": spec.name, "weights_sha256": info.sha256, "plan_hash": plan.hash(),
+                "sampler": args.scheduler, "guidance": str(args.guidance), "method": args.method}
+    tensors = None
+    if args.method == "closed-form" or args.init == "closed-form":
+        tensors = fit_corrections(model, spec, plan, request, progress=not args.quiet)
+    how = "closed-form"
+    if args.method == "trained":
+        from ditcache.compiler.correction_train import train_corrections
+
+        tensors, log = train_corrections(model, spec, plan, request, init=tensors, epochs=args.epochs, lr=args.lr,
+                                         progress=not args.quiet)
+        how = f"trained ({args.epochs} epochs from {args.init}, lr {args.lr})"
+        metadata.update(init=args.init, epochs=str(args.epochs), lr=str(args.lr),
+                        initial_loss=f"{log.initial_loss:.6g}", final_loss=f"{log.final_loss:.6g}")
+        print(f"output MSE vs the full model on replay steps: {log.initial_loss:.4g} ({args.init}) -> "
+              f"{log.final_loss:.4g} after {args.epochs} epochs")
     out = Path(args.out)
-    save_corrections(tensors, out, {"model": spec.name, "weights_sha256": info.sha256, "plan_hash": plan.hash(),
-                                    "sampler": args.scheduler, "guidance": str(args.guidance)})
+    save_corrections(tensors, out, metadata)
     source = yaml.safe_load(Path(args.schedule).read_text())
     if "curves" in source:
         source["curves"] = str((Path(args.schedule).parent / source["curves"]).resolve())
     source["scale_shift"] = str(out.resolve())
     target = Path(args.schedule_out or Path(args.schedule).with_name(Path(args.schedule).stem + "-corrected.yaml"))
-    target.write_text(f"# {args.schedule} with closed-form scale/shift fitted on {len(request.class_labels)} images\n"
+    target.write_text(f"# {args.schedule} with {how} scale/shift fitted on {len(request.class_labels)} images\n"
                       + yaml.safe_dump(source, sort_keys=False))
     print(f"fitted scale/shift for {len(plan.ranges)} replayed blocks over {plan.num_steps} steps on "
           f"{len(request.class_labels)} images; wrote {out} and {target}")
@@ -286,7 +383,10 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="engine directory to write (resumable; unchanged graphs are reused)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--batch-size", type=int, default=1, help="images per call (the model batch doubles under CFG)")
-    p.add_argument("--no-guidance", action="store_true", help="export for sampling without classifier-free guidance")
+    p.add_argument("--no-guidance", action="store_true", help="export for sampling without classifier-free guidance "
+                                                             "(the default for models sampled without it: LCM)")
+    p.add_argument("--guidance-batch", action="store_true",
+                   help="export for classifier-free guidance even where the model's default sampling has none")
     p.add_argument("--resolution", type=int, help="image resolution in pixels (default: the model's)")
     p.add_argument("--granularity", choices=GRANULARITIES,
                    help="one graph per variant, or per segment shared by all variants (default: segment for "
@@ -322,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
     _add_sampling_args(p)
+    _add_text_args(p)
     p.add_argument("--schedule", help="schedule.yaml (default: full)")
     p.add_argument("--steps", type=int, help="steps of the full schedule when no --schedule is given (default 50)")
     p.add_argument("--vae", help="local diffusers VAE folder, to decode latent models to PNG")
@@ -344,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", help="local diffusers VAE folder, to decode latent models to PNG")
     p.add_argument("--out", default="samples", help="output folder (default: %(default)s)")
     _add_sampling_args(p)
+    _add_text_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("calibrate", help="measure per-block change curves (block caching)",
@@ -368,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="schedule.yaml")
     p.set_defaults(func=cmd_auto_schedule)
 
-    p = sub.add_parser("fit-correction", help="fit block caching's per-channel scale/shift (closed form)",
+    p = sub.add_parser("fit-correction", help="fit block caching's per-channel scale/shift (closed form or trained)",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
     _add_sampling_args(p)
@@ -376,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="noise seeds per class")
     p.add_argument("--out", default="corrections.safetensors")
     p.add_argument("--schedule-out", help="corrected schedule (default: <schedule>-corrected.yaml)")
+    p.add_argument("--method", default="closed-form", choices=("closed-form", "trained"),
+                   help="closed-form: per-block least squares on the block outputs (training-free); trained: the "
+                        "paper's short distillation of the denoiser output onto the full model's (default: %(default)s)")
+    p.add_argument("--init", default="closed-form", choices=("closed-form", "identity"),
+                   help="trained: starting point (default: %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, default=30, help="trained: sampling runs, one Adam step each")
+    p.add_argument("--lr", type=float, default=5e-3, help="trained: Adam learning rate (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit_correction)
 
@@ -392,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per schedule after one warm-up")
     p.add_argument("--weights", help="other dit-fmnist weights than the shipped ones")
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "inductor", "eager"),
+                   help="backend of the compiled Δ-DiT engines (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
     return parser
 

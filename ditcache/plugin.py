@@ -1,7 +1,9 @@
-"""``apply(pipe, ...)``: make a stock diffusers DiTPipeline sample with a cached, compiled denoiser."""
+"""``apply(pipe, ...)``: make a stock diffusers DiTPipeline, PixArtAlphaPipeline or StableDiffusionPipeline sample
+with a cached, compiled denoiser."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,18 +16,21 @@ from ditcache.compiler.dispatcher import Dispatcher
 from ditcache.compiler.graph_specs import plan_graphs
 from ditcache.graphs import costs_for, parts_for
 from ditcache.graphs.plan import Plan
-from ditcache.graphs.registry import spec_for_config
+from ditcache.graphs.registry import ModelSpec, spec_for_config
 from ditcache.graphs.schedule import Schedule, load_schedule, parse_schedule
 from ditcache.graphs.variants import build_segments
 
 
 class CachedDenoiser(nn.Module):
-    """Stands in for ``pipe.transformer``: same call signature, runs the plan's variant for each step."""
+    """Stands in for ``pipe.transformer`` (or ``pipe.unet``): same call signature (DiT's class labels, PixArt's or
+    Stable Diffusion's text conditioning),
+    runs the plan's variant for each step."""
 
-    def __init__(self, original: nn.Module, plan: Plan, build):
+    def __init__(self, original: nn.Module, plan: Plan, build, spec: ModelSpec):
         super().__init__()
         self.original = original
         self.plan = plan
+        self.spec = spec
         self._build = build
         self._dispatchers: dict[tuple, Dispatcher] = {}
         self.dispatcher: Dispatcher | None = None
@@ -46,18 +51,47 @@ class CachedDenoiser(nn.Module):
         for dispatcher in self._dispatchers.values():
             dispatcher.reset()
 
-    def forward(self, hidden_states, timestep=None, class_labels=None, return_dict: bool = True, **_: Any):
+    def forward(self, hidden_states, timestep=None, class_labels=None, return_dict: bool = True, *,
+                encoder_hidden_states=None, encoder_attention_mask=None, added_cond_kwargs=None, **_: Any):
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-        key = (tuple(hidden_states.shape), hidden_states.dtype, hidden_states.device.type)
-        if key not in self._dispatchers:
-            self._dispatchers[key] = self._build(hidden_states)  # one set of graphs per input shape
-        self.dispatcher = self._dispatchers[key]
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).float()
         timestep = timestep.expand(hidden_states.shape[0])
-        out = self.dispatcher({"x": hidden_states, "timestep": timestep, "class_labels": class_labels})
+        inputs = {"x": hidden_states, "timestep": timestep,
+                  **self._conditioning(hidden_states, class_labels, encoder_hidden_states, encoder_attention_mask,
+                                       added_cond_kwargs)}
+        key = tuple((k, tuple(v.shape)) for k, v in inputs.items()) + (hidden_states.dtype, hidden_states.device.type)
+        if key not in self._dispatchers:
+            self._dispatchers[key] = self._build(inputs)  # one set of graphs per input shape
+        self.dispatcher = self._dispatchers[key]
+        out = self.dispatcher(inputs)
         out = out.to(hidden_states.dtype)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+    def _conditioning(self, hidden_states, class_labels, encoder_hidden_states, encoder_attention_mask,
+                      added_cond_kwargs) -> dict[str, torch.Tensor]:
+        """The pipeline's conditioning arguments as ditcache's named inputs."""
+        names = self.spec.conditioning_inputs
+        if not self.spec.text_conditioned:
+            return {"class_labels": class_labels}
+        if encoder_hidden_states is None:
+            raise ValueError(f"{type(self.original).__name__} needs encoder_hidden_states")
+        values = {"encoder_hidden_states": encoder_hidden_states}
+        if "encoder_attention_mask" in names:
+            if encoder_attention_mask is None:  # no mask: every token attends
+                encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.long,
+                                                    device=hidden_states.device)
+            if encoder_attention_mask.ndim != 2:
+                raise ValueError(f"ditcache takes encoder_attention_mask as a (batch, tokens) keep-mask, got shape "
+                                 f"{tuple(encoder_attention_mask.shape)}")
+            values["encoder_attention_mask"] = encoder_attention_mask
+        for name in ("resolution", "aspect_ratio"):
+            if name in names:
+                value = (added_cond_kwargs or {}).get(name)
+                if value is None:
+                    raise ValueError(f"{self.spec.name} takes micro-conditions: pass added_cond_kwargs[{name!r}]")
+                values[name] = value
+        return values
 
 
 class CacheHandle:
@@ -80,11 +114,12 @@ class CacheHandle:
             return real(num_inference_steps, *args, **kwargs)
 
         scheduler.set_timesteps = set_timesteps
-        pipe.transformer = denoiser
+        self.attribute = denoiser_attribute(pipe)
+        setattr(pipe, self.attribute, denoiser)
 
     def remove(self) -> None:
-        """Put the original transformer and scheduler back."""
-        self.pipe.transformer = self.original
+        """Put the original denoiser (transformer or U-Net) and scheduler back."""
+        setattr(self.pipe, self.attribute, self.original)
         self.pipe.scheduler.__dict__.pop("set_timesteps", None)
 
     def __enter__(self) -> "CacheHandle":
@@ -92,6 +127,11 @@ class CacheHandle:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def denoiser_attribute(pipe) -> str:
+    """The pipeline attribute holding its denoiser: ``unet`` (StableDiffusionPipeline) or ``transformer``."""
+    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
 
 
 def _as_schedule(schedule: str | Path | Schedule | Mapping[str, Any]) -> Schedule:
@@ -104,11 +144,12 @@ def _as_schedule(schedule: str | Path | Schedule | Mapping[str, Any]) -> Schedul
 
 def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = None,
           granularity: str = "variant", options: Mapping[str, Any] | None = None) -> CacheHandle:
-    """Make ``pipe`` (a diffusers ``DiTPipeline``) sample with a cached, compiled denoiser.
+    """Make ``pipe`` (a diffusers ``DiTPipeline``, ``PixArtAlphaPipeline`` or ``StableDiffusionPipeline``) sample with
+    a cached, compiled denoiser.
 
     Args:
-        pipe: the pipeline; only ``pipe.transformer`` is replaced (and ``scheduler.set_timesteps`` wrapped to
-            reset caches at the start of every run and refuse a step count the schedule was not made for).
+        pipe: the pipeline; only ``pipe.transformer`` (``pipe.unet``) is replaced (and ``scheduler.set_timesteps``
+            wrapped to reset caches at the start of every run and refuse a step count the schedule was not made for).
         schedule: schedule.yaml path, a mapping, or a :class:`Schedule`.
         backend: ``eager`` or ``inductor`` compile in process from ``pipe.transformer`` (per input shape, on
             first use); ``onnxruntime`` and ``tensorrt`` run prebuilt engines: pass ``engines``.
@@ -125,9 +166,9 @@ def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = N
         with ditcache.apply(pipe, "schedules/dit-xl-delta-20.yaml", backend="inductor"):
             images = pipe(class_labels=[207], num_inference_steps=20).images
     """
-    if isinstance(pipe.transformer, CachedDenoiser):
+    original = getattr(pipe, denoiser_attribute(pipe))
+    if isinstance(original, CachedDenoiser):
         raise ValueError("ditcache is already applied to this pipeline; call remove() on its handle first")
-    original = pipe.transformer
     spec = spec_for_config(original.config)
     plan = _as_schedule(schedule).to_plan(spec.num_blocks, costs_for(spec))
     chosen = get_backend(backend)
@@ -135,7 +176,11 @@ def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = N
         raise ValueError(f"backend {backend!r} runs prebuilt engines: export them with `ditcache export-engines "
                          f"--backend {backend}` and pass engines=DIR (or use backend='eager'/'inductor')")
 
-    def build(hidden_states: torch.Tensor) -> Dispatcher:
+    def build(inputs: Mapping[str, torch.Tensor]) -> Dispatcher:
+        hidden_states = inputs["x"]
+        call_spec = spec
+        if spec.text_conditioned:  # graphs are built for the token count the pipeline pads to
+            call_spec = replace(spec, text_length=int(inputs["encoder_hidden_states"].shape[1]))
         if engines is not None:
             from ditcache.export.load import load_engines
 
@@ -144,12 +189,16 @@ def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = N
                 raise ValueError(f"engines in {engines} were built for a model batch of "
                                  f"{loaded.manifest.batch['model_batch']}, the pipeline calls with "
                                  f"{hidden_states.shape[0]}; export with the matching --batch-size")
+            if loaded.spec.text_length != call_spec.text_length:
+                raise ValueError(f"engines in {engines} were built for {loaded.spec.text_length} text tokens, the "
+                                 f"pipeline calls with {call_spec.text_length}; call it with "
+                                 f"max_sequence_length={loaded.spec.text_length}")
             return loaded.dispatcher
         settings = BuildSettings("fp32" if original.dtype == torch.float32 else
                                  {torch.float16: "fp16", torch.bfloat16: "bf16"}[original.dtype],
                                  hidden_states.device.type, dict(options or {}))
         require(chosen, settings)
-        parts = parts_for(original.eval(), spec)
+        parts = parts_for(original.eval(), call_spec)
         graphs = {g.name: g for g in plan_graphs(parts, plan, granularity, hidden_states.shape[0], original.dtype)}
         flats = {name: chosen.load(g, settings, []) for name, g in graphs.items()}
         if granularity == "variant":
@@ -158,9 +207,9 @@ def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = N
             fns = segment_fns(plan, flats, graphs, build_segments(parts, plan))
         corrections = None
         if plan.corrected:
-            from ditcache.graphs.corrections import load_corrections
+            from ditcache.graphs.corrections import load_corrections, range_channel_shapes
 
-            corrections = load_corrections(plan.schedule["scale_shift"], plan, parts.channel_shape())
+            corrections = load_corrections(plan.schedule["scale_shift"], plan, range_channel_shapes(parts, plan))
         return Dispatcher(plan, fns, corrections)
 
-    return CacheHandle(pipe, CachedDenoiser(original, plan, build), original)
+    return CacheHandle(pipe, CachedDenoiser(original, plan, build, spec), original)

@@ -169,12 +169,24 @@ def _graphs_from_model(manifest: Manifest, spec: ModelSpec, plan: Plan, settings
 
 
 class _SegmentStub:
-    def __init__(self, name: str, inputs: tuple[str, ...]):
-        self.name, self.inputs, self.outputs = name, inputs, ("h",)
+    def __init__(self, name: str, inputs: tuple[str, ...], outputs: tuple[str, ...]):
+        self.name, self.inputs, self.outputs = name, inputs, outputs
 
 
 def _segment_stubs(plan: Plan, graphs: dict[str, GraphSpec]) -> dict[str, _SegmentStub]:
-    from ditcache.graphs.variants import segment_names
+    """Every segment graph of the directory (head, links, block segments, tail) as the interpreter sees it."""
+    stubs = {}
+    for name, graph in graphs.items():
+        if name.startswith("segment."):
+            n = name.removeprefix("segment.")
+            stubs[n] = _SegmentStub(n, graph.input_names,
+                                    tuple(_value_name(o, graph.input_names) for o in graph.output_names))
+    return stubs
 
-    return {n: _SegmentStub(n, graphs[f"segment.{n}"].input_names) for n in segment_names(plan)}
+
+def _value_name(output: str, inputs: tuple[str, ...]) -> str:
+    """The environment name of a segment graph's output (graph names of outputs that share an input's name end
+    in ``_out``, see compiler.graph_specs.segment_graph)."""
+    base = output.removesuffix("_out")
+    return base if output.endswith("_out") and base in inputs else output
 

@@ -8,21 +8,33 @@ from typing import Mapping
 import torch
 
 from .plan import Plan, Variant
+from .segments import DenoiserParts, channel_shape_at
 from .variants import scale_name, shift_name
+
+ChannelShapes = tuple[int, ...] | Mapping[str, tuple[int, ...]]  # one shape for all ranges, or one per range name
 
 
 class CorrectionsError(ValueError):
     """A scale/shift file that does not fit the plan or the model."""
 
 
-def load_corrections(path: str | Path, plan: Plan, channel_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+def range_channel_shapes(parts: DenoiserParts, plan: Plan) -> dict[str, tuple[int, ...]]:
+    """Per-channel correction shape of every cache range: its first block's (ranges never change width)."""
+    return {r.name: channel_shape_at(parts, r.start) for r in plan.ranges}
+
+
+def _shape(channel_shape: ChannelShapes, name: str) -> tuple[int, ...]:
+    return tuple(channel_shape[name]) if isinstance(channel_shape, Mapping) else tuple(channel_shape)
+
+
+def load_corrections(path: str | Path, plan: Plan, channel_shape: ChannelShapes) -> dict[str, torch.Tensor]:
     """Read ``scale.<range>`` / ``shift.<range>`` tensors of shape (steps, *channel_shape) for every
-    range the plan replays."""
+    range the plan replays (``channel_shape`` per range name where widths differ, see :func:`range_channel_shapes`)."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(path))
-    expected = (plan.num_steps, *channel_shape)
     for r in plan.ranges:
+        expected = (plan.num_steps, *_shape(channel_shape, r.name))
         for kind in ("scale", "shift"):
             key = f"{kind}.{r.name}"
             if key not in tensors:
@@ -34,12 +46,12 @@ def load_corrections(path: str | Path, plan: Plan, channel_shape: tuple[int, ...
     return tensors
 
 
-def identity_corrections(plan: Plan, channel_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+def identity_corrections(plan: Plan, channel_shape: ChannelShapes) -> dict[str, torch.Tensor]:
     """Scale 1, shift 0 everywhere: a corrected plan that behaves as the uncorrected one."""
     out = {}
     for r in plan.ranges:
-        out[f"scale.{r.name}"] = torch.ones(plan.num_steps, *channel_shape)
-        out[f"shift.{r.name}"] = torch.zeros(plan.num_steps, *channel_shape)
+        out[f"scale.{r.name}"] = torch.ones(plan.num_steps, *_shape(channel_shape, r.name))
+        out[f"shift.{r.name}"] = torch.zeros(plan.num_steps, *_shape(channel_shape, r.name))
     return out
 
 

@@ -226,8 +226,11 @@ class Plan:
         )
 
     def hash(self) -> str:
-        """sha256 of the canonical plan (schedule included)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """sha256 of the canonical plan (schedule included), as stored: the JSON round trip first, so that a
+        recompute table's int block keys hash as the string keys a manifest gives back (``{2: .., 10: ..}``
+        sorts numerically, ``{"10": .., "2": ..}`` lexicographically)."""
+        canonical = json.loads(json.dumps(self.to_dict()))
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
     def table(self, costs: SegmentCosts | None = None) -> str:
         """Readable per-step table, with MACs where costs are given."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +34,15 @@ class Segment:
 
 
 class DenoiserParts(Protocol):
-    """What a model family provides to ditcache: its decomposition and the shapes of its inputs."""
+    """What a model family provides to ditcache: its decomposition and the shapes of its inputs.
+
+    Optional, for families whose blocks are not one chain of one hidden state (U-Nets): ``link(i)``, the
+    segment that runs before block i on every step whatever is replayed (None where nothing does), and a
+    ``block`` parameter of ``hidden_shape`` / ``channel_shape`` where the width changes from block to block
+    (read them through :func:`hidden_shape_at` / :func:`channel_shape_at`), and ``block_modules()`` where the
+    blocks are not the model's ``transformer_blocks`` (:func:`block_modules`). Segments may read and write other
+    named values than the hidden state (skip features, embeddings), listed in their inputs and outputs.
+    """
 
     num_blocks: int
     input_names: tuple[str, ...]
@@ -62,3 +71,40 @@ class DenoiserParts(Protocol):
 def block_name(start: int, end: int) -> str:
     """Canonical name of the segment running blocks [start, end)."""
     return f"blocks.{start}-{end}"
+
+
+def link_name(position: int) -> str:
+    """Canonical name of the segment that runs before block ``position`` on every step (U-Nets)."""
+    return f"link.{position}"
+
+
+def link_of(parts: DenoiserParts, position: int) -> Segment | None:
+    """The segment running before block ``position`` whatever the step replays, if the family has one."""
+    link = getattr(parts, "link", None)
+    return link(position) if link is not None else None
+
+
+def block_modules(parts: DenoiserParts) -> list:
+    """The modules whose outputs are the blocks' outputs, in block order (calibration hooks them): the
+    family's ``block_modules()`` (U-Nets: the attention layers), else the model's ``transformer_blocks``."""
+    modules = getattr(parts, "block_modules", None)
+    return list(modules()) if modules is not None else list(parts.model.transformer_blocks)
+
+
+def _takes_block(method) -> bool:
+    return "block" in inspect.signature(method).parameters
+
+
+def hidden_shape_at(parts: DenoiserParts, batch: int, block: int) -> tuple[int, ...]:
+    """Shape of the hidden state entering block ``block`` (families of constant width ignore the block)."""
+    if _takes_block(parts.hidden_shape):
+        return tuple(parts.hidden_shape(batch, block))
+    return tuple(parts.hidden_shape(batch))
+
+
+def channel_shape_at(parts: DenoiserParts, block: int) -> tuple[int, ...]:
+    """Shape of block ``block``'s per-channel scale/shift, broadcast against its hidden state: (D,) for token
+    sequences (B, T, D), (C, 1, 1) for feature maps (B, C, H, W)."""
+    if _takes_block(parts.channel_shape):
+        return tuple(parts.channel_shape(block))
+    return tuple(parts.channel_shape())

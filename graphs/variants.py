@@ -12,8 +12,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .plan import Plan, Variant
-from .segments import DenoiserParts, Segment, block_name
+from .plan import Plan, PlanError, Variant
+from .segments import DenoiserParts, Segment, block_name, hidden_shape_at, link_name, link_of
 
 SegmentRunner = Callable[[str, tuple[torch.Tensor, ...]], torch.Tensor]
 # (range name, its input h, the replayed value, a function computing the range's true output) -> value to use
@@ -41,22 +41,41 @@ def replay(h: torch.Tensor, cached: torch.Tensor, mode: str,
     """A replayed range's output: ``h + Δ`` (offset) or the recorded output (output), optionally
     corrected per channel as ``scale * cached + shift``."""
     if scale is not None:
-        cached = cached * scale + shift  # (B, T, D) * (D,) + (D,)
+        cached = cached * scale + shift  # (B, T, D) * (D,) + (D,), or (B, C, H, W) * (C, 1, 1) + (C, 1, 1)
     return h + cached if mode == "offset" else cached
 
 
-def segment_names(plan: Plan) -> list[str]:
-    """Names of the segments a plan's variants chain: head, each block segment, tail."""
-    return ["head", *(block_name(a, b) for a, b in plan.block_segments), "tail"]
-
-
 def build_segments(parts: DenoiserParts, plan: Plan) -> dict[str, Segment]:
-    """The plan's segments, cut at its boundaries."""
-    segments = {"head": parts.head(), "tail": parts.tail()}
+    """The plan's segments, cut at its boundaries, in the order a full step runs them: head, then per block
+    segment the family's link before it (U-Nets) and the segment, then tail."""
+    check_replayable(parts, plan)
+    segments = {"head": parts.head()}
     for a, b in plan.block_segments:
+        link = link_of(parts, a) if a > 0 else None
+        if link is not None:
+            segments[link.name] = link
         seg = parts.blocks(a, b)
         segments[seg.name] = seg
+    segments["tail"] = parts.tail()
     return segments
+
+
+def check_replayable(parts: DenoiserParts, plan: Plan) -> None:
+    """Raise PlanError for a cache range that cannot stand in for its blocks: one that also produces values a
+    later segment reads (a U-Net range spanning a skip connection's source), or, replayed as an offset, one
+    whose output shape differs from its input's (a range spanning a down- or up-sampler)."""
+    hidden = parts.hidden_name
+    for r in plan.ranges:
+        outputs = parts.blocks(r.start, r.end).outputs
+        if tuple(outputs) != (hidden,):
+            extra = ", ".join(n for n in outputs if n != hidden)
+            raise PlanError(f"cache range {r.name} [{r.start}, {r.end}) also produces {extra}, which later blocks "
+                            f"read, so it cannot be replayed; cache smaller ranges (on a U-Net: single attention "
+                            f"layers, kind: block-cache)")
+        if plan.cache == "offset" and hidden_shape_at(parts, 1, r.start) != hidden_shape_at(parts, 1, r.end - 1):
+            raise PlanError(f"cache range {r.name} [{r.start}, {r.end}) changes the feature shape "
+                            f"{hidden_shape_at(parts, 1, r.start)[1:]} -> {hidden_shape_at(parts, 1, r.end - 1)[1:]}, "
+                            f"so its offset (out - in) is undefined; use cache: output or smaller ranges")
 
 
 def run_variant(
@@ -69,6 +88,7 @@ def run_variant(
     corrections: Mapping[str, torch.Tensor] | None = None,
     hidden: str = "h",
     on_replay: ReplayObserver | None = None,
+    segment_outputs: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Execute one step's program.
 
@@ -81,6 +101,9 @@ def run_variant(
         caches: recorded values of the ranges this variant replays, keyed by range name.
         corrections: ``scale_<range>`` / ``shift_<range>`` tensors when the plan is corrected.
         on_replay: eager-only hook (calibration of corrections): sees each replay and may replace its value.
+        segment_outputs: each segment's output names; needed when a segment returns several values (the
+            hidden state and what later segments read: PixArt's caption tokens, a U-Net's skip features).
+            Segments named ``link.<i>`` (U-Nets) run before block i whatever the step replays.
     Returns:
         the denoiser output and the newly recorded caches, keyed by range name.
     """
@@ -90,23 +113,33 @@ def run_variant(
     starts: dict[str, torch.Tensor] = {}
     recorded: dict[str, torch.Tensor] = {}
 
-    def call(name: str) -> torch.Tensor:
+    def call(name: str):
         return run_segment(name, tuple(env[k] for k in segment_inputs[name]))
 
+    def run(name: str) -> None:
+        _bind(env, name, call(name), (segment_outputs or {}).get(name, (hidden,)), hidden)
+
     def run_range(start: int, end: int, h: torch.Tensor) -> torch.Tensor:
-        """What blocks [start, end) compute from ``h`` (for observers)."""
-        saved, env[hidden] = env[hidden], h
+        """What blocks [start, end) compute from ``h`` (for observers); the environment is left as it was."""
+        saved = dict(env)
+        env[hidden] = h
         for a, b in plan.block_segments:
             if start <= a and b <= end:
-                env[hidden] = call(block_name(a, b))
-        out, env[hidden] = env[hidden], saved
+                if a > start and link_name(a) in segment_inputs:
+                    run(link_name(a))
+                run(block_name(a, b))
+        out = env[hidden]
+        env.clear()
+        env.update(saved)
         return out
 
-    env[hidden] = call("head")
+    run("head")
     position = 0
     for a, b in plan.block_segments:
         if a < position:
             continue  # inside a replayed range
+        if link_name(a) in segment_inputs:
+            run(link_name(a))  # runs whether the blocks after it are computed or replayed
         for r in recording:
             if r.start == a and plan.cache == "offset":
                 starts[r.name] = env[hidden]
@@ -122,12 +155,23 @@ def run_variant(
             env[hidden] = replayed
             position = r.end
         else:
-            env[hidden] = call(block_name(a, b))
+            run(block_name(a, b))
             position = b
         for r in recording:
             if r.end == position:
                 recorded[r.name] = env[hidden] - starts[r.name] if plan.cache == "offset" else env[hidden]
     return call("tail"), recorded
+
+
+def _bind(env: dict[str, torch.Tensor], segment: str, value, names: tuple[str, ...], hidden: str) -> None:
+    """Put a segment's output(s) into the environment under their names."""
+    if isinstance(value, torch.Tensor):
+        env[names[0] if len(names) == 1 else hidden] = value
+        return
+    if len(names) != len(value):
+        raise ValueError(f"segment {segment} returned {len(value)} values but names {len(names)} ({names}); "
+                         f"pass segment_outputs to run_variant")
+    env.update(zip(names, value))
 
 
 class VariantModule(nn.Module):
@@ -145,6 +189,7 @@ class VariantModule(nn.Module):
         segs = dict(segments) if segments is not None else build_segments(parts, plan)
         self.segments = nn.ModuleDict({k.replace(".", "_"): s.module for k, s in segs.items()})
         self.segment_inputs = {k: s.inputs for k, s in segs.items()}
+        self.segment_outputs = {k: s.outputs for k, s in segs.items()}
         self.model_inputs = tuple(parts.input_names)
         self.input_names = variant_input_names(parts, plan, variant)
         self.output_names = variant_output_names(parts, variant)
@@ -157,7 +202,7 @@ class VariantModule(nn.Module):
         out, recorded = run_variant(
             self.plan, self.variant,
             lambda name, xs: self.segments[name.replace(".", "_")](*xs),
-            self.segment_inputs, inputs, caches, corrections, self.hidden,
+            self.segment_inputs, inputs, caches, corrections, self.hidden, segment_outputs=self.segment_outputs,
         )
         return (out, *(recorded[n] for n in self.variant.record))
 

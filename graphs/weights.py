@@ -14,6 +14,7 @@ from .convert_official import convert_official_state_dict, is_official_state_dic
 from .registry import ModelSpec
 
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+_SUBFOLDERS = ("transformer", "unet")  # the denoiser's folder inside a diffusers pipeline folder
 
 
 class WeightsError(ValueError):
@@ -31,6 +32,14 @@ class WeightsInfo:
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """An eval-mode diffusers model of ``spec`` with freshly initialised weights."""
+    if spec.family == "pixart":
+        from diffusers import PixArtTransformer2DModel
+
+        return PixArtTransformer2DModel(**spec.config).eval()
+    if spec.family == "unet":
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel(**spec.config).eval()
     if spec.family != "dit":
         raise NotImplementedError(f"model family {spec.family!r} is not supported yet")
     from diffusers import DiTTransformer2DModel
@@ -69,12 +78,12 @@ def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None) -> Path:
         return spec.bundled_path
     if spec.hf_repo:
         for snapshot in hf_cache_dirs(spec.hf_repo):
-            if (snapshot / "transformer").is_dir() or (snapshot / "config.json").is_file():
+            if any((snapshot / sub).is_dir() for sub in _SUBFOLDERS) or (snapshot / "config.json").is_file():
                 return snapshot
     hint = f" (looked in the local Hugging Face cache for {spec.hf_repo})" if spec.hf_repo else ""
     raise WeightsError(
         f"no weights found for model {spec.name!r}{hint}. Give one of:\n"
-        f"  --weights DIR        a diffusers model folder (or a pipeline folder with transformer/),\n"
+        f"  --weights DIR        a diffusers model folder (or a pipeline folder with transformer/ or unet/),\n"
         f"                       e.g. a local copy of {spec.hf_repo or 'the model'}\n"
         f"  --weights FILE.pt    the official facebookresearch/DiT checkpoint (e.g. DiT-XL-2-256x256.pt),\n"
         f"                       or a .safetensors file with diffusers or official keys\n"
@@ -86,7 +95,7 @@ def _weight_file(path: Path) -> Path:
     """The single weights file behind a folder or file path."""
     if path.is_file():
         return path
-    folder = path / "transformer" if (path / "transformer").is_dir() else path
+    folder = next((path / sub for sub in _SUBFOLDERS if (path / sub).is_dir()), path)
     for name in _WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
@@ -128,7 +137,9 @@ def sha256_file(file: Path, chunk: int = 1 << 22) -> str:
 
 
 _ARCHITECTURE_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
-                      "out_channels", "num_embeds_ada_norm")
+                      "out_channels", "num_embeds_ada_norm", "caption_channels", "interpolation_scale",
+                      "use_additional_conditions", "block_out_channels", "layers_per_block", "down_block_types",
+                      "up_block_types", "cross_attention_dim", "num_class_embeds")
 
 
 def check_folder_config(file: Path, spec: ModelSpec) -> None:
@@ -141,11 +152,17 @@ def check_folder_config(file: Path, spec: ModelSpec) -> None:
         return
     config = json.loads(config_file.read_text())
     for key in _ARCHITECTURE_KEYS:
-        if key in config and config[key] is not None and key in spec.config and config[key] != spec.config[key]:
+        if key in config and config[key] is not None and key in spec.config and _plain(config[key]) != _plain(
+                spec.config[key]):
             raise WeightsError(
                 f"{config_file} has {key}={config[key]} but {spec.name} needs {key}={spec.config[key]}; "
                 f"choose the --model these weights were trained as"
             )
+
+
+def _plain(value):
+    """JSON lists and Python tuples compare equal (U-Net configs hold lists of block types and widths)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec, source: str) -> None:

@@ -32,3 +32,24 @@ def tiny_model(tiny_spec):
 @pytest.fixture(scope="session")
 def tiny_parts(tiny_model, tiny_spec):
     return DiTParts(tiny_model, tiny_spec)
+
+
+@pytest.fixture(scope="session")
+def pixart_spec():
+    return get_spec("pixart-tiny")
+
+
+@pytest.fixture(scope="session")
+def pixart_model(pixart_spec):
+    model, _ = load_model(pixart_spec, random_weights=True, seed=0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def pixart_prompts():
+    """Prompt embeddings for pixart-tiny (2 images, 8 tokens of 32 channels), padded masks, one shared negative."""
+    from ditcache.compiler.prompts import PromptEmbeddings
+
+    gen = torch.Generator().manual_seed(3)
+    return PromptEmbeddings(torch.randn(2, 8, 32, generator=gen), torch.tensor([[1] * 5 + [0] * 3, [1] * 8]),
+                            torch.randn(1, 8, 32, generator=gen), torch.tensor([[1] * 2 + [0] * 6]))

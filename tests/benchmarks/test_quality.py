@@ -158,18 +158,25 @@ def test_eval_quality_rejects_unknown_schedules(tmp_path, capsys):
 def test_every_schedule_builds_a_plan_with_the_expected_speedup():
     from ditcache.benchmarks import eval_quality
     from ditcache.compiler.runner import plan_for
-    from ditcache.graphs import costs_for, get_spec, parse_schedule
+    from ditcache.graphs import costs_for, get_spec
 
     spec = get_spec("dit-fmnist")
-    costs = costs_for(spec)
-    speed = {name: plan_for(parse_schedule(data), spec).theoretical_speedup(costs)
-             for name, (_, data) in eval_quality.SCHEDULES.items()}
+    costs = costs_for(spec, 2)
+    speed = {name: plan_for(eval_quality.load_entry(name, entry), spec).theoretical_speedup(costs)
+             for name, (_, entry) in eval_quality.SCHEDULES.items()}
     assert speed["full"] == 1.0
     assert speed["delta-N2-Nc8"] == pytest.approx(speed["delta-N2-Nc8-output"])  # the ablation is at equal MACs
     assert speed["delta-N3-Nc9"] == pytest.approx(speed["delta-N3-Nc9-output"])
     for family in ("delta-dit", "block-cache"):
         values = [speed[n] for n, (f, _) in eval_quality.SCHEDULES.items() if f == family]
         assert len(values) >= 2 and all(v > 1.2 for v in values)
+    # the calibrated block-cache schedules meet their targets; corrections do not change the MACs
+    for target in ("1.3", "1.55", "1.8"):
+        assert speed[f"blockcache-{target}x"] == pytest.approx(float(target), abs=0.02)
+    for name in ("blockcache-1.55x", "blockcache-1.8x"):
+        assert speed[f"{name}-cf"] == speed[f"{name}-tr"] == speed[name]
+        corrected = eval_quality.load_entry(name, eval_quality.SCHEDULES[f"{name}-tr"][1])
+        assert corrected.params["scale_shift"].endswith("trained.safetensors")
 
 
 # ---- block roles --------------------------------------------------------------------------------

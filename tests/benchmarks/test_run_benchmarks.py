@@ -77,6 +77,7 @@ def test_tiny_config_end_to_end(tiny_run):
         assert math.isfinite(cached["psnr_vs_full_db"]) and cached["cosine_vs_full"] < 1  # cached differs
         assert cached["full_reference"] == "eager/fp32/full-6"
         assert math.isclose(cached["efficiency"], cached["speedup_vs_full"] / cached["theoretical_speedup"])
+        assert math.isclose(cached["profile_efficiency"], cached["profile_speedup"] / cached["theoretical_speedup"])
         assert len(cached["per_step_median_ms"]) > 1  # per-variant step times
     compiled = rows["inductor/fp32/delta-6"]
     assert compiled["theoretical_speedup"] > 1 and math.isfinite(compiled["psnr_vs_stock_db"])
@@ -135,3 +136,12 @@ def test_time_budget_skips_rows_and_says_so(tiny_run, tmp_path):
                  "--only", "eager/fp32/full-6", "--time-budget-s", "1e-9", "--quiet"]) == 0
     row = json.loads((out / "results.json").read_text())["rows"][0]
     assert row["status"].startswith("skipped: time budget")
+
+
+def test_profile_speedup_uses_the_rows_own_full_steps():
+    from ditcache.benchmarks.bench_report import profile_speedup
+
+    row = {"steps": 4, "per_step_median_ms": {"full+rec-back": {"median_ms": 100.0, "count": 4},
+                                              "back-skipped": {"median_ms": 25.0, "count": 4}}}
+    assert profile_speedup(row) == 8 * 100.0 / (4 * 100.0 + 4 * 25.0)  # 1.6x: 8 calls at full cost vs measured
+    assert profile_speedup({"steps": 4, "per_step_median_ms": {"back-skipped": {"median_ms": 1.0, "count": 2}}}) is None
