@@ -34,6 +34,10 @@ Examples:
     nice -n 19 python benchmarks/train_reference.py --arch unet --threads 1 --batch-size 32 --lr 1.5e-3 \\
         --warmup-steps 100 --ema-decay 0.998 --max-steps 4000 --ckpt-every 200 --seed 0 --overwrite-log
 
+    # ...continued from its step-1800 EMA checkpoint when that run was cut off
+    python benchmarks/train_reference.py --arch unet --threads 2 --batch-size 32 --lr 1.5e-3 \\
+        --warmup-steps 50 --ema-decay 0.998 --max-steps 4000 --ckpt-every 200 --seed 1 --continue-from-ema
+
 The data reader ``load_fashion_mnist(split)`` is importable by other benchmark scripts.
 """
 from __future__ import annotations
@@ -197,6 +201,23 @@ def save_checkpoint(ema_model, scheduler, out_dir: str, meta: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def load_ema_checkpoint(model, out_dir: str) -> tuple[int, dict]:
+    """Load ``out_dir``'s EMA weights into ``model``; (its step, a record of the earlier run)."""
+    from safetensors.torch import load_file
+
+    folder = Path(out_dir)
+    meta_path, weights_path = folder / "training.json", folder / "diffusion_pytorch_model.safetensors"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise SystemExit(f"--continue-from-ema: {folder} has no training.json / safetensors checkpoint; "
+                         "train without --continue-from-ema first")
+    meta = json.loads(meta_path.read_text())
+    model.load_state_dict(load_file(str(weights_path)))
+    earlier = meta.get("continued_from") or []
+    record = [*earlier, dict(step=meta["step"], command=meta.get("command"), wall_seconds=meta.get("wall_seconds"),
+                             saved_utc=meta.get("saved_utc"))]
+    return int(meta["step"]), record
+
+
 def plot_losses(csv_path: Path, png_path: Path, title: str = "DiT (12x128, p4) on Fashion-MNIST") -> None:
     try:
         import matplotlib
@@ -345,6 +366,11 @@ def train(args) -> None:
     N = x_all.shape[0]
 
     model = build_model(args.arch).train()
+    start_step, resumed_from = 0, None
+    if args.continue_from_ema:
+        start_step, resumed_from = load_ema_checkpoint(model, args.out_dir)
+        print(f"continuing from the EMA weights of step {start_step} in {args.out_dir} "
+              "(fresh optimizer, warm-up again)", flush=True)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -398,6 +424,7 @@ def train(args) -> None:
             wall_seconds=round(time.time() - t_start, 1),
             saved_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             command=command,
+            continued_from=resumed_from,
             machine="2-core CPU (AMD EPYC, avx512_bf16), shared with other jobs; torch threads: "
                     + ("adaptive 1/2" if auto_threads else str(args.threads)),
         )
@@ -405,7 +432,7 @@ def train(args) -> None:
     gen = torch.Generator().manual_seed(args.seed)
     perm = torch.randperm(N, generator=gen)
     pos = 0
-    step = 0
+    step = start_step
     ema_loss = None
     acc, acc_n = 0.0, 0
     t_last = time.time()
@@ -439,7 +466,7 @@ def train(args) -> None:
         noise = torch.randn(x0.shape, generator=gen)
         xt = sqrt_acp[t].view(-1, 1, 1, 1) * x0 + sqrt_1macp[t].view(-1, 1, 1, 1) * noise
 
-        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup_steps))
+        lr = args.lr * min(1.0, (step - start_step + 1) / max(1, args.warmup_steps))
         for group in opt.param_groups:
             group["lr"] = lr
         if args.arch == "unet":  # DiT's LabelEmbedding drops labels itself in train mode; nn.Embedding does not
@@ -454,7 +481,7 @@ def train(args) -> None:
         opt.step()
         step += 1
         # EMA of weights (warm-up of the decay so early checkpoints are usable)
-        d = min(args.ema_decay, (1 + step) / (10 + step))
+        d = min(args.ema_decay, (1 + step) / (10 + step))  # continued runs: step counts from the checkpoint
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - d)
@@ -526,6 +553,9 @@ def main(argv=None):
     p.add_argument("--results-dir", help="loss CSV / plots / samples (default: benchmarks/results/train_<model>)")
     p.add_argument("--csv-name", default="loss.csv")
     p.add_argument("--overwrite-log", action="store_true", help="start a fresh loss CSV")
+    p.add_argument("--continue-from-ema", action="store_true",
+                   help="start from the EMA weights and step count of the checkpoint in --out-dir "
+                        "(the optimizer state is not saved: AdamW restarts, with warm-up)")
     p.add_argument("--max-steps", type=int, default=20000)
     p.add_argument("--deadline", default=None,
                    help="wall-clock stop time, 'HH:MM' (UTC) or ISO datetime; saves and exits before it")

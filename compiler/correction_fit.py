@@ -82,7 +82,15 @@ def save_corrections(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, _default_file_mode())  # safetensors creates its files 0600
     os.replace(tmp, path)
+
+
+def _default_file_mode() -> int:
+    """0666 minus the process umask: the mode ``open()`` would have given a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def calibration_request(classes: Sequence[int], seeds: Sequence[int], steps: int, guidance: float,

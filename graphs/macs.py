@@ -161,5 +161,5 @@ def _split_at_blocks(costs: list[tuple[int, bool]], batch: int) -> SegmentCosts:
         return batch * sum(m for m, _ in costs[first:stop])
 
     links = (0, *(total(a + 1, b) for a, b in zip(blocks, blocks[1:])))
-    return SegmentCosts(total(0, blocks[0]), tuple(batch * costs[i][0] for i in blocks), total(blocks[-1] + 1, len(costs)),
-                        links)
+    head, tail = total(0, blocks[0]), total(blocks[-1] + 1, len(costs))
+    return SegmentCosts(head, tuple(batch * costs[i][0] for i in blocks), tail, links)

@@ -171,7 +171,10 @@ PIXART_SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_end": 0.02,
     "beta_schedule": "linear",
 }
-# PixArt-α-LCM: LCMScheduler on the same linear betas (its other settings are diffusers' LCMScheduler defaults).
+# PixArt-α-LCM: LCMScheduler on the same linear betas, as PixArt's scripts/inference_lcm.py builds it (epsilon,
+# 50 original steps, boundary scalings at t/0.1 = diffusers' timestep_scaling 10), x0 not clipped (diffusers'
+# default). The Hub folder's scheduler_config.json could not be read offline; tests/graphs/test_pixart.py pins
+# these values.
 PIXART_LCM_SCHEDULER_CONFIG: dict[str, Any] = {**PIXART_SCHEDULER_CONFIG, "clip_sample": False}
 PIXART_TEXT_LENGTH = 120  # T5 tokens, padded to max length (PixArtAlphaPipeline's max_sequence_length)
 PIXART_TEXT_INPUTS = ("encoder_hidden_states", "encoder_attention_mask")

@@ -180,3 +180,28 @@ def test_every_registered_pixart_has_a_cost_model():
         if spec.family == "pixart":
             plan = parse_schedule({"kind": "full", "steps": 2}).to_plan(spec.num_blocks, costs_for(spec))
             assert plan.total_macs(costs_for(spec)) == 2 * costs_for(spec).full > 0
+
+
+def test_pixart_schedulers_match_the_reference_settings():
+    """DPM-Solver++ and LCM timesteps/coefficients as PixArt's own scripts set them up.
+
+    PixArt's conversion script saves ``DPMSolverMultistepScheduler()`` (diffusers defaults: linear betas
+    1e-4..0.02); its LCM inference script uses ``LCMScheduler(beta_start=0.0001, beta_end=0.02, "linear",
+    "epsilon")`` with 50 original (training) steps and c_skip/c_out at t/0.1, i.e. timestep_scaling 10.
+    """
+    from ditcache.compiler.sampling import make_scheduler
+
+    lcm = make_scheduler("lcm", get_spec("pixart-lcm-1024").scheduler_config)
+    assert (lcm.config.beta_start, lcm.config.beta_end, lcm.config.beta_schedule) == (1e-4, 0.02, "linear")
+    assert lcm.config.prediction_type == "epsilon" and not lcm.config.clip_sample
+    assert lcm.config.original_inference_steps == 50 and lcm.config.timestep_scaling == 10.0
+    lcm.set_timesteps(4)
+    # diffusers' spacing of the 50 LCM training steps (19, 39, ..., 999); PixArt's script takes every 12th
+    # from the top ([999, 759, 519, 279]): the first two agree, the last two differ by 20 timesteps
+    assert lcm.timesteps.tolist() == [999, 759, 499, 259]
+    dpm = make_scheduler("dpm++", get_spec("pixart-256").scheduler_config)
+    assert type(dpm).__name__ == "DPMSolverMultistepScheduler"
+    assert (dpm.config.beta_start, dpm.config.beta_end, dpm.config.beta_schedule) == (1e-4, 0.02, "linear")
+    assert dpm.config.algorithm_type == "dpmsolver++" and dpm.config.solver_order == 2
+    dpm.set_timesteps(20)
+    assert dpm.timesteps[0] == 999 and len(dpm.timesteps) == 20
