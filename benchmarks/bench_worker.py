@@ -188,8 +188,8 @@ def prompts_for(row: RowSpec, spec):
 
 
 class StockRunner(_Runner):
-    """diffusers' DiTPipeline (PixArtAlphaPipeline for text-conditioned models), eager, from the same transformer
-    weights and a make_scheduler scheduler."""
+    """diffusers' DiTPipeline (PixArtAlphaPipeline for text-conditioned models, StableDiffusionPipeline for U-Nets),
+    eager, from the same denoiser weights and a make_scheduler scheduler."""
 
     def __init__(self, row: RowSpec, spec, schedule, dtype: torch.dtype):
         from diffusers import DiTPipeline
@@ -208,7 +208,13 @@ class StockRunner(_Runner):
         self.vae = LatentCaptureVAE().to(row.device)
         scheduler = make_scheduler(row.scheduler, spec.scheduler_config)
         self.prompts = prompts_for(row, spec)
-        if self.prompts is not None:
+        if spec.family == "unet":  # text encoder and safety checker left out: prompts come as embeddings
+            from diffusers import StableDiffusionPipeline
+
+            self.pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=None, tokenizer=None, unet=model,
+                                                scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                                requires_safety_checker=False)
+        elif self.prompts is not None:
             from diffusers import PixArtAlphaPipeline
 
             self.pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=self.vae, transformer=model,
@@ -237,8 +243,8 @@ class StockRunner(_Runner):
         self.notes = [f"stock diffusers {type(self.pipe).__name__}.__call__ with a stand-in VAE whose decode returns "
                       f"the latents (decode excluded); per-step time = the transformer call"]
         if self.prompts is not None and row.embeddings is None:
-            self.notes.append("synthetic prompt embeddings (random T5-shaped tensors, 20 real tokens padded to the "
-                              "model's token count; no text encoder): timing only")
+            self.notes.append("synthetic prompt embeddings (random text-encoder-shaped tensors, 20 real tokens "
+                              "padded to the model's token count; no text encoder): timing only")
 
     def _call(self, steps: int) -> torch.Tensor:
         if self.prompts is not None:
@@ -252,10 +258,17 @@ class StockRunner(_Runner):
         return self.vae.last
 
     def _call_text(self, steps: int) -> torch.Tensor:
-        """PixArtAlphaPipeline on the row's prompt embeddings; its output_type='latent' returns the latents."""
+        """PixArtAlphaPipeline (StableDiffusionPipeline) on the row's prompt embeddings; output_type='latent'
+        returns the latents."""
         p = self.prompts
         negative = p.negatives() if self.row.guidance > 1 else (None, None)
         generator = torch.Generator(device="cpu").manual_seed(self.row.seed)
+        if self.spec.family == "unet":  # StableDiffusionPipeline: no attention masks, no resolution binning
+            with torch.no_grad():
+                out = self.pipe(prompt_embeds=p.embeds, negative_prompt_embeds=negative[0],
+                                guidance_scale=self.row.guidance, generator=generator, num_inference_steps=steps,
+                                output_type="latent")
+            return out.images
         with torch.no_grad():
             out = self.pipe(negative_prompt=None, prompt_embeds=p.embeds, prompt_attention_mask=p.mask,
                             negative_prompt_embeds=negative[0], negative_prompt_attention_mask=negative[1],
@@ -514,15 +527,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", required=True, help="result JSON to write")
     args = parser.parse_args(argv)
     job = json.loads(Path(args.job).read_text())
+    return run_phase(PHASES[args.phase], job, Path(args.result))
+
+
+def run_phase(phase: Callable[[dict[str, Any]], dict[str, Any]], job: dict[str, Any], result_path: Path) -> int:
+    """Run one worker phase and write its result JSON; a failure becomes the row's status (exit code 1)."""
     try:
-        result = PHASES[args.phase](job)
+        result = phase(job)
         code = 0
     except BaseException as exc:  # noqa: BLE001 - reported as the row's status, the runner goes on
         traceback.print_exc()
         result = {"status": f"failed: {type(exc).__name__}: {exc}".splitlines()[0][:400],
                   "traceback": traceback.format_exc()[-4000:]}
         code = 1
-    write_json(Path(args.result), result)
+    write_json(result_path, result)
     return code
 
 

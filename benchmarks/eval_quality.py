@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Sample quality of caching schedules on the shipped dit-fmnist: FID, fidelity to the full schedule, MACs.
+"""Sample quality of caching schedules on the shipped dit-fmnist (or unet-fmnist): FID, fidelity to full, MACs.
 
 For every schedule, N class-balanced samples (sample i has class i % 10 and its own seed derived from
 ``--seed`` and i, so every schedule starts from the same noise, whatever the batching) are drawn with
@@ -18,6 +18,10 @@ from the calibration (``auto-schedule``), the two faster ones also with closed-f
 (schedule files under schedules/fmnist-calibrated/); the Δ-DiT paper's ablation: Δ-DiT plans with plain output
 caching (``cache: output``), i.e. equal MACs.
 
+``--model unet-fmnist``: the shipped U-Net (6 attention layers = blocks) with its own schedule table: full, block
+caching at three target speedups from its calibration and the two faster ones with closed-form and trained
+scale/shift (schedules/unet-fmnist-calibrated/); default output benchmarks/results/quality_unet_fmnist.
+
 Writes (atomically) ``results.csv``, ``results.json``, ``results.md``, ``fid_vs_macs.png`` and
 ``samples_<schedule>.png`` (rows: classes, columns: the first samples of each class) to ``--out``.
 Finished schedules are kept in ``<cache-dir>/eval-work/`` so an interrupted run resumes (``--no-resume``).
@@ -28,6 +32,7 @@ Examples:
     # a quick look: 100 samples per schedule, three schedules, into a scratch folder
     python benchmarks/eval_quality.py --n 100 --schedules full delta-N2-Nc8 delta-N2-Nc8-output --out /tmp/q
     python benchmarks/eval_quality.py --list-schedules
+    python benchmarks/eval_quality.py --model unet-fmnist --n 2000     # the U-Net's table
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "quality_fmnist"
-MODEL = "dit-fmnist"
+MODEL = "dit-fmnist"  # the default --model
 STEPS = 20
 SCHEDULER = "ddim"
 DEFAULT_GUIDANCE = 1.5  # FID is best at 1-1.5 on dit-fmnist with DDIM-20 and rises steeply above (see results.md)
@@ -104,6 +109,21 @@ SCHEDULES: dict[str, tuple[str, dict[str, Any] | str]] = {
     "blockcache-1.8x-tr": ("block-cache + trained s/s", f"{CALIBRATED}/blockcache-1.8x-trained.yaml"),
     "delta-N2-Nc8-output": ("output-cache", _delta(2, 8, "output")),  # = schedules/fmnist-output-cache-20.yaml
     "delta-N3-Nc9-output": ("output-cache", _delta(3, 9, "output")),
+}
+
+
+UNET_CALIBRATED = "schedules/unet-fmnist-calibrated"  # made by its make.sh, as CALIBRATED for dit-fmnist
+UNET_SCHEDULES: dict[str, tuple[str, dict[str, Any] | str]] = {
+    "full": ("full", {"kind": "full", "steps": STEPS}),
+    **{f"blockcache-{t}x": ("block-cache", f"{UNET_CALIBRATED}/blockcache-{t}x.yaml") for t in ("1.05", "1.08", "1.11")},
+    **{f"blockcache-{t}x-{short}": (f"block-cache + {method} s/s", f"{UNET_CALIBRATED}/blockcache-{t}x-{suffix}.yaml")
+       for t in ("1.08", "1.11") for short, method, suffix in (("cf", "closed-form", "closed-form"),
+                                                              ("tr", "trained", "trained"))},
+}
+# --model -> (schedule table, default --out)
+MODELS: dict[str, tuple[dict[str, tuple[str, dict[str, Any] | str]], Path]] = {
+    "dit-fmnist": (SCHEDULES, DEFAULT_OUT),
+    "unet-fmnist": (UNET_SCHEDULES, REPO_ROOT / "benchmarks" / "results" / "quality_unet_fmnist"),
 }
 
 
@@ -219,18 +239,18 @@ def run_schedule(name: str, model, spec, plan, args, log: Callable[[str], None],
                    sampling_s, inception_s)
 
 
-def spec_scheduler_config() -> dict[str, Any]:
+def spec_scheduler_config(model: str = MODEL) -> dict[str, Any]:
     """The sampler configuration samples are drawn with (part of the resume key)."""
     from ditcache.graphs import get_spec
 
-    return dict(get_spec(MODEL).scheduler_config)
+    return dict(get_spec(model).scheduler_config)
 
 
 def work_key(name: str, plan, info, args, fid_info: dict | None) -> str:
     corrections = plan.schedule.get("scale_shift")  # the plan names the file; its content counts too
     payload = {"v": 2, "name": name, "plan": plan.hash(), "weights": info.sha256, "n": args.n, "seed": args.seed,
                "guidance": args.guidance, "steps": STEPS, "scheduler": SCHEDULER, "torch": torch.__version__,
-               "scheduler_config": dict(spec_scheduler_config()),
+               "scheduler_config": dict(spec_scheduler_config(getattr(args, "model", MODEL))),
                "corrections": hashlib.sha256(Path(corrections).read_bytes()).hexdigest() if corrections else None,
                "fid": None if fid_info is None else [fid_info["version"], fid_info["sha1"]]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
@@ -360,7 +380,7 @@ def _pm(value: float | None, spread: float | None, signed: bool = False) -> str:
 def markdown(record: dict[str, Any]) -> str:
     rows = record["results"]
     lines = [
-        "# Sample quality of caching schedules on dit-fmnist",
+        f"# Sample quality of caching schedules on {record['model']}",
         "",
         f"Command (from `{record['cwd']}`):",
         "",
@@ -412,7 +432,8 @@ def markdown(record: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="FID, fidelity to the full schedule, and MACs of caching schedules on the shipped dit-fmnist.",
+        description="FID, fidelity to the full schedule, and MACs of caching schedules on the shipped dit-fmnist "
+                    "(or unet-fmnist).",
         epilog=("examples:\n"
                 "  python benchmarks/eval_quality.py --n 2000                # the saved results\n"
                 "  python benchmarks/eval_quality.py --n 100 --schedules full delta-N2-Nc8 --out /tmp/q\n"
@@ -429,8 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="global seed; sample i uses SeedSequence([seed, i])")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"images per sampling batch (default "
                                                                                f"{DEFAULT_BATCH})")
-    parser.add_argument("--weights", default=None, help="weights (default: the shipped graphs/weights/dit-fmnist)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (default benchmarks/results/quality_fmnist)")
+    parser.add_argument("--model", default=MODEL, choices=tuple(MODELS),
+                        help="shipped model and its schedule table (default: %(default)s)")
+    parser.add_argument("--weights", default=None, help="weights (default: the shipped graphs/weights/<model>)")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/quality_fmnist, "
+                                                    "for unet-fmnist quality_unet_fmnist)")
     parser.add_argument("--cache-dir", default=None, help="real-feature cache and resume files (default "
                                                           "$DITCACHE_CACHE_DIR or ~/.cache/ditcache/fid)")
     parser.add_argument("--fid-bootstrap", type=int, default=10, metavar="DRAWS",
@@ -447,9 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    table, default_out = MODELS[args.model]  # the chosen model's schedules
+    args.out = args.out or str(default_out)
     from ditcache.compiler.images import save_png
     from ditcache.compiler.runner import plan_for
     from ditcache.graphs import costs_for, get_spec, load_model
+    from ditcache.graphs.schedule import ScheduleError
 
     out_stream = sys.stderr if args.json else sys.stdout
 
@@ -457,21 +484,31 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=out_stream, flush=True)
 
     torch.set_num_threads(args.threads)
-    spec = get_spec(MODEL)
+    spec = get_spec(args.model)
     costs = costs_for(spec, 2 if args.guidance > 1 else 1)  # per image, the guidance's doubled batch included
-    schedules = {name: load_entry(name, entry) for name, (_, entry) in SCHEDULES.items()}
-    plans = {name: plan_for(schedule, spec) for name, schedule in schedules.items()}
+    names = (list(table) if args.schedules is None or args.list_schedules
+             else ["full"] + [s for s in args.schedules if s != "full"])
+    unknown = [s for s in names if s not in table]
+    if unknown:
+        log(f"error: unknown schedule {unknown[0]!r}; choose from: {', '.join(table)}")
+        return 2
     if args.list_schedules:
-        for name, (family, _) in SCHEDULES.items():
-            plan = plans[name]
-            log(f"{name:<22} {family:<30} {params_text(schedules[name], plan):<40} "
+        for name, (family, entry) in table.items():
+            try:
+                schedule = load_entry(name, entry)
+            except ScheduleError as exc:  # e.g. a correction file make.sh has not written yet
+                log(f"{name:<22} {family:<30} not available: {exc}")
+                continue
+            plan = plan_for(schedule, spec)
+            log(f"{name:<22} {family:<30} {params_text(schedule, plan):<40} "
                 f"{plan.total_macs(costs) / 1e9:6.3f} GMACs/img  {plan.theoretical_speedup(costs):.2f}x")
         return 0
-    names = list(SCHEDULES) if args.schedules is None else ["full"] + [s for s in args.schedules if s != "full"]
-    unknown = [s for s in names if s not in SCHEDULES]
-    if unknown:
-        log(f"error: unknown schedule {unknown[0]!r}; choose from: {', '.join(SCHEDULES)}")
+    try:
+        schedules = {name: load_entry(name, table[name][1]) for name in names}  # only those asked for
+    except ScheduleError as exc:
+        log(f"error: {exc}")
         return 2
+    plans = {name: plan_for(schedule, spec) for name, schedule in schedules.items()}
     if args.n < 2:
         log("error: --n must be >= 2 (FID needs a covariance)")
         return 2
@@ -497,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             weights["step"] = json.loads(training.read_text()).get("step")
         except (OSError, json.JSONDecodeError):
             pass
-    log(f"{MODEL}: weights {info.source} (sha256 {info.sha256[:12]}, step {weights.get('step', '?')}); N={args.n} "
+    log(f"{args.model}: weights {info.source} (sha256 {info.sha256[:12]}, step {weights.get('step', '?')}); N={args.n} "
         f"per schedule, {STEPS} DDIM steps, guidance {args.guidance}, {args.threads} thread(s)")
 
     floor = ref = None
@@ -532,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"paired bootstrap of FID ({args.fid_bootstrap} draws): {time.perf_counter() - t0:.0f} s")
     rows = []
     for name in names:
-        family = SCHEDULES[name][0]
+        family = table[name][0]
         plan, o = plans[name], outcomes[name]
         mse = float(((o.images.astype(np.float64) - full.images) ** 2).mean())
         psnr_pooled = None if mse == 0 else float(10 * np.log10(1.0 / mse))  # None: identical to full
@@ -573,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": "python " + shlex.join([sys.argv[0]] + sys.argv[1:] if argv is None
                                           else ["benchmarks/eval_quality.py", *argv]),
-        "cwd": os.getcwd(), "model": MODEL, "weights": weights, "n": args.n, "seed": args.seed,
+        "cwd": os.getcwd(), "model": args.model, "weights": weights, "n": args.n, "seed": args.seed,
         "seed_rule": "sample i: torch.Generator().manual_seed(SeedSequence([seed, i]).generate_state(1)[0])",
         "classes": "sample i has class i % 10", "steps": STEPS, "scheduler": SCHEDULER, "guidance": args.guidance,
         "batch_size": args.batch_size, "machine": machine, "total_s": time.perf_counter() - started,
@@ -593,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(out / "results.csv", buf.getvalue())
     write_atomic(out / "results.md", markdown(record))
     plot_fid_vs_macs(rows, floor, out / "fid_vs_macs.png",
-                     f"{MODEL} step {weights.get('step', '?')}, N={args.n}, {STEPS} DDIM steps, guidance {args.guidance}")
+                     f"{args.model} step {weights.get('step', '?')}, N={args.n}, {STEPS} DDIM steps, guidance {args.guidance}")
     log(f"wrote {out}/results.csv, results.json, results.md, fid_vs_macs.png, samples_*.png "
         f"({record['total_s']:.0f} s)")
     if args.json:

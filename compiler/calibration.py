@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -80,11 +80,12 @@ def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def calibrate(model: nn.Module, spec: ModelSpec, requests: Iterable[SampleRequest], weights_sha256: str = "",
-              progress: bool = False) -> ChangeCurves:
+              progress: bool = False, modules: Sequence[nn.Module] | None = None) -> ChangeCurves:
     """Run full sampling for every request and return the averaged change curves.
 
     Memory stays bounded: only each block's output of the previous step is kept, and the statistics are
-    running sums (nothing per sample is hoarded).
+    running sums (nothing per sample is hoarded). ``modules`` measures other modules than the blocks (e.g. a
+    U-Net's resnets, to compare with its attention layers); ``meta["measured"]`` marks such curves.
     """
     requests = list(requests)
     if not requests:
@@ -93,7 +94,8 @@ def calibrate(model: nn.Module, spec: ModelSpec, requests: Iterable[SampleReques
     if any(r.steps != steps or r.scheduler != requests[0].scheduler or r.guidance_scale != requests[0].guidance_scale
            for r in requests):
         raise ValueError("all calibration requests must share steps, sampler and guidance")
-    blocks = block_modules(parts_for(model, spec))  # DiT blocks, or a U-Net's attention layers
+    # DiT blocks, or a U-Net's attention layers (unless other modules are asked for)
+    blocks = list(modules) if modules is not None else block_modules(parts_for(model, spec))
     stats = _Welford(len(blocks), steps)
     state: dict[str, Any] = {"step": -1, "previous": {}}
 
@@ -130,6 +132,8 @@ def calibrate(model: nn.Module, spec: ModelSpec, requests: Iterable[SampleReques
     meta = {"model": spec.name, "weights_sha256": weights_sha256, "sampler": first.scheduler,
             "guidance": first.guidance_scale, "classes": sorted({c for r in requests for c in r.class_labels}),
             "seeds": sorted({r.seed for r in requests})}
+    if modules is not None:
+        meta["measured"] = f"{len(blocks)} given modules, not the blocks: not for schedules"
     return ChangeCurves(len(blocks), steps, stats.mean.tolist(), stats.std().tolist(), int(stats.n[0, 1].item())
                         if steps > 1 else 0, meta)
 

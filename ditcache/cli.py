@@ -97,8 +97,8 @@ def _prompts(args: argparse.Namespace, spec):
         if not args.prompt:
             raise ValueError("--text-encoder encodes --prompt TEXT [TEXT ...]: give the prompts")
         return encode_prompts(args.text_encoder, args.prompt, args.negative_prompt, max_length=int(spec.text_length))
-    raise ValueError(f"{spec.name} is text-conditioned: give --embeddings FILE (precomputed T5 embeddings) or "
-                     f"--text-encoder DIR --prompt TEXT ...")
+    raise ValueError(f"{spec.name} is text-conditioned: give --embeddings FILE (precomputed text-encoder "
+                     f"embeddings) or --text-encoder DIR --prompt TEXT ...")
 
 
 def _load(args: argparse.Namespace):

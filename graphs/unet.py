@@ -19,7 +19,9 @@ that replay the blocks around them. The head (embedding, ``conv_in`` and the lin
 tail (the link after the last block and the output convolution) close the chain. Skip features are explicit
 environment values ``skip<k>`` (the k-th feature pushed on the down path): the segment that pushes one lists
 it among its outputs, the segment that concatenates it lists it among its inputs, as do the time embedding
-``emb`` and the text ``encoder_hidden_states``.
+``emb`` and the text ``encoder_hidden_states``. ``levels()`` cuts the same ops at diffusers' module boundaries
+instead (embedding + ``conv_in``, each down block, the mid block, each up block, ``conv_out``), skips again explicit:
+chained, either cut equals ``UNet2DConditionModel.forward`` (tests/graphs/test_unet.py).
 """
 
 from __future__ import annotations
@@ -205,6 +207,7 @@ class UNetParts:
         self.input_names = ("x", "timestep", *spec.conditioning_inputs)
         self._cross = CONTEXT in spec.conditioning_inputs
         self._shapes: list[tuple[int, int]] = []  # (channels, size) entering each attention layer
+        self._labels: list[str] = []  # where each attention layer sits ("down.1 14x14")
         self.ops: tuple[_Op, ...] = tuple(self._program())
         self._blocks = [i for i, op in enumerate(self.ops) if op.is_block]
         self.num_blocks = len(self._blocks)
@@ -229,6 +232,7 @@ class UNetParts:
         else:
             raise ValueError(f"{self.spec.name}: attention layer {type(module).__name__} is not supported")
         self._shapes.append((channels, size))
+        self._labels.append(f"{self._levels[-1][0]} {size}x{size}")
         return op
 
     def _program(self) -> list[_Op]:
@@ -239,8 +243,10 @@ class UNetParts:
                              f"the model (num_class_embeds={model.config.num_class_embeds})")
         size, channels = self.spec.sample_size, model.conv_in.out_channels
         ops: list[_Op] = [_Embed(model, class_conditional), _Push(skip_name(0))]
+        self._levels = [("embed", 0)]  # (name, first op) of each diffusers module level, for levels()
         skips = [skip_name(0)]
-        for block in model.down_blocks:
+        for index, block in enumerate(model.down_blocks):
+            self._levels.append((f"down.{index}", len(ops)))
             attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
             for resnet, attention in zip(block.resnets, attentions):
                 ops.append(_Resnet(resnet))
@@ -256,12 +262,14 @@ class UNetParts:
                 ops.append(_Push(skips[-1]))
         mid = model.mid_block
         if mid is not None:
+            self._levels.append(("mid", len(ops)))
             ops.append(_Resnet(mid.resnets[0]))
             for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
                 if attention is not None:
                     ops.append(self._attention(attention, size, channels))
                 ops.append(_Resnet(resnet))
-        for block in model.up_blocks:
+        for index, block in enumerate(model.up_blocks):
+            self._levels.append((f"up.{index}", len(ops)))
             if getattr(block, "s1", None):
                 raise ValueError(f"{self.spec.name}: FreeU is enabled on the U-Net; disable it (pipe.disable_freeu())")
             attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
@@ -273,6 +281,7 @@ class UNetParts:
             for sampler in block.upsamplers or []:
                 ops.append(_Resample(sampler))
                 size, channels = size * 2, sampler.out_channels
+        self._levels.append(("out", len(ops)))
         ops.append(_Out(model))
         return ops
 
@@ -309,6 +318,23 @@ class UNetParts:
 
     def tail(self) -> Segment:
         return self._segment("tail", self._blocks[-1] + 1, len(self.ops))
+
+    def levels(self) -> list[Segment]:
+        """The same program cut at diffusers' module boundaries instead of at the attention layers: ``embed``
+        (time and class embedding, ``conv_in``), ``down.<i>`` per down block, ``mid``, ``up.<i>`` per up block,
+        ``out`` (norm, activation, ``conv_out``); skips are their explicit inputs/outputs. Chained, they equal the
+        model's forward. A view for inspection and tests: plans are built on the finer attention-layer cut (the
+        caching unit), where a level is a chain of links and blocks."""
+        bounds = [first for _, first in self._levels] + [len(self.ops)]
+        return [self._segment(name, first, stop) for (name, first), stop in zip(self._levels, bounds[1:])]
+
+    def block_labels(self) -> list[str]:
+        """Where each attention layer sits: its diffusers level and feature size (``up.0 7x7``), for plots."""
+        return list(self._labels)
+
+    def resnet_modules(self) -> list[nn.Module]:
+        """The resnets, in forward order (not caching units; calibration may measure them for comparison)."""
+        return [op.resnet for op in self.ops if isinstance(op, _Resnet)]
 
     def block_modules(self) -> list[nn.Module]:
         """The attention layers, in block order (what calibration hooks)."""

@@ -81,6 +81,14 @@ def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None) -> Path:
             if any((snapshot / sub).is_dir() for sub in _SUBFOLDERS) or (snapshot / "config.json").is_file():
                 return snapshot
     hint = f" (looked in the local Hugging Face cache for {spec.hf_repo})" if spec.hf_repo else ""
+    if spec.family == "unet":
+        raise WeightsError(
+            f"no weights found for model {spec.name!r}{hint}. Give one of:\n"
+            f"  --weights DIR        a diffusers UNet2DConditionModel folder, or a StableDiffusionPipeline folder\n"
+            f"                       with unet/ (e.g. a local copy of {spec.hf_repo or 'the model'})\n"
+            f"  --weights FILE       a .safetensors/.bin file with diffusers U-Net keys\n"
+            f"  --random-weights     random initialisation, for timing only (outputs are noise)"
+        )
     raise WeightsError(
         f"no weights found for model {spec.name!r}{hint}. Give one of:\n"
         f"  --weights DIR        a diffusers model folder (or a pipeline folder with transformer/ or unet/),\n"
@@ -206,6 +214,11 @@ def load_model(
     path = resolve_weights(spec, weights)
     file = _weight_file(path)
     state = read_state_dict(file)
+    if spec.family == "unet" and any(k.startswith("model.diffusion_model.") for k in state):
+        raise WeightsError(
+            f"{file} is an original (CompVis/LDM) Stable Diffusion checkpoint, not diffusers weights; convert it "
+            f"with diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(DIR) and pass --weights DIR"
+        )
     if is_official_state_dict(state):
         try:
             state = convert_official_state_dict(state, spec.num_blocks)

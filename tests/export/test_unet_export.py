@@ -4,6 +4,7 @@ path as the DiT."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,23 @@ def test_cli_calibrate_schedule_export_run_class_conditional(tmp_path, capsys):
                  "--backend", "eager", "--out", str(engines), "--batch-size", "2", "--quiet"]) == 0
     assert main(["run", "--engines", str(engines), "--classes", "3", "4", "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "grid.png").is_file()
+
+
+def test_tensorrt_unet_segments(tmp_path, tiny):
+    """TensorRT engines of unet-tiny's segments (links, skips and NCHW scale/shift inputs); needs TensorRT and a
+    GPU, so it skips on this project's CPU machines."""
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install ditcache[tensorrt] on a CUDA machine)")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT engines need an NVIDIA GPU")
+    spec, model = tiny
+    schedule = tmp_path / "bc.yaml"
+    schedule.write_text(f"kind: block-cache\nsteps: {STEPS}\nrecompute: {RECOMPUTE}\n")
+    export_engines(ExportRequest(model="unet-tiny", schedule=schedule, out=tmp_path / "eng", backend="tensorrt",
+                                 random_weights=True, batch_size=2, granularity="segment", device="cuda"),
+                   log=lambda m: None, progress=False)
+    loaded = load_engines(tmp_path / "eng", images=1)
+    request = SampleRequest(steps=STEPS, guidance_scale=7.5, seed=3, prompts=prompts(1, 0))
+    got = sample_with_plan(loaded.dispatcher, loaded.spec, request, device="cuda")
+    want = sample_with_plan(eager_dispatcher(copy.deepcopy(model).to("cuda"), spec, loaded.plan), spec, request,
+                            device="cuda")
+    torch.testing.assert_close(got.float().cpu(), want.float().cpu(), rtol=1e-3, atol=1e-3)

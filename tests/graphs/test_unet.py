@@ -57,12 +57,36 @@ def test_chained_segments_equal_the_diffusers_forward(unet):
     assert want.shape == (BATCH, spec.out_channels, spec.sample_size, spec.sample_size)
 
 
+def test_diffusers_levels_chain_to_the_diffusers_forward(unet):
+    """The issue's cut: embedding + conv_in, each down block, mid, each up block, conv_out, skips explicit."""
+    spec, model, parts = unet
+    levels = parts.levels()
+    config = model.config
+    assert [s.name for s in levels] == ["embed", *(f"down.{i}" for i in range(len(config.down_block_types))), "mid",
+                                        *(f"up.{i}" for i in range(len(config.up_block_types))), "out"]
+    for segment, block in zip(levels[1:], model.down_blocks):  # a down block pushes one skip per resnet/sampler
+        pushed = [n for n in segment.outputs if n.startswith("skip")]
+        assert len(pushed) == len(block.resnets) + len(block.downsamplers or [])
+    for segment, block in zip(levels[-1 - len(model.up_blocks):-1], model.up_blocks):  # an up block reads as many
+        assert len([n for n in segment.inputs if n.startswith("skip")]) == len(block.resnets)
+    inputs = parts.example_inputs(BATCH, torch.Generator().manual_seed(1))
+    env = dict(inputs)
+    with torch.no_grad():
+        for seg in levels:
+            out = seg(*(env[n] for n in seg.inputs))
+            env.update(zip(seg.outputs, out if isinstance(out, tuple) else (out,)))
+        torch.testing.assert_close(env["out"], diffusers_forward(model, inputs), rtol=0, atol=0)
+    labels = parts.block_labels()
+    assert len(labels) == parts.num_blocks and all(label.split()[0] in {s.name for s in levels} for label in labels)
+
+
 def test_skip_features_are_explicit_values(unet):
     spec, _, parts = unet
     head = parts.head()
     assert head.inputs[:2] == ("x", "timestep") and head.outputs[:3] == ("h", "emb", "skip0")
-    pushed = {n for i in range(1, parts.num_blocks) if parts.link(i) for n in parts.link(i).outputs} | set(head.outputs)
-    read = {n for i in range(1, parts.num_blocks) if parts.link(i) for n in parts.link(i).inputs} | set(parts.tail().inputs)
+    links = [parts.link(i) for i in range(1, parts.num_blocks) if parts.link(i) is not None]
+    pushed = {n for link in links for n in link.outputs} | set(head.outputs)
+    read = {n for link in links for n in link.inputs} | set(parts.tail().inputs)
     skips = {n for n in pushed if n.startswith("skip")}
     assert skips and skips == {n for n in read if n.startswith("skip")}  # every skip pushed is read once later
     for i in range(parts.num_blocks):  # an attention layer reads the hidden state (and the text), writes it
@@ -252,3 +276,23 @@ def test_weights_from_a_pipeline_folder_and_mismatches(tmp_path, tiny):
         assert torch.equal(a, b)
     with pytest.raises(WeightsError, match="do not fit unet-fmnist"):
         load_model(get_spec("unet-fmnist"), tmp_path / "pipe")
+
+
+def test_unet_weight_errors_say_what_to_give(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from ditcache.graphs.weights import WeightsError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing to find
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    with pytest.raises(WeightsError, match="(?s)StableDiffusionPipeline folder.*--random-weights") as info:
+        load_model(get_spec("sd15-unet"))
+    assert "facebookresearch" not in str(info.value)  # no DiT checkpoint advice for a U-Net
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, tmp_path / "v1-5.safetensors")
+    with pytest.raises(WeightsError, match="original .*from_single_file"):
+        load_model(get_spec("sd15-unet"), tmp_path / "v1-5.safetensors")
+    spec = get_spec("unet-tiny")
+    model, _ = load_model(spec, random_weights=True)
+    model.save_pretrained(tmp_path / "tiny")
+    with pytest.raises(WeightsError, match="do not fit sd15-unet"):  # shapes first, then the folder's config
+        load_model(get_spec("sd15-unet"), tmp_path / "tiny")
