@@ -9,8 +9,7 @@ import pytest
 
 CALIBRATED = Path(__file__).resolve().parents[2] / "schedules" / "unet-fmnist-calibrated"
 needs_schedules = pytest.mark.skipif(
-    not all((CALIBRATED / f"blockcache-{t}x-{k}.yaml").is_file() for t in ("1.08", "1.11")
-            for k in ("closed-form", "trained")),
+    not all((CALIBRATED / f"blockcache-{t}x-closed-form.yaml").is_file() for t in ("1.08", "1.11")),
     reason="the calibrated unet-fmnist schedules are incomplete: bash schedules/unet-fmnist-calibrated/make.sh")
 
 
@@ -24,16 +23,20 @@ def test_unet_schedules_build_plans_at_their_targets():
     assert out.name == "quality_unet_fmnist" and table is eval_quality.UNET_SCHEDULES
     spec = get_spec("unet-fmnist")
     costs = costs_for(spec, 2)
+    present = {name: entry for name, (_, entry) in table.items()
+               if not name.endswith("-tr") or (CALIBRATED / Path(entry).name).is_file()}  # trained: optional
     speed = {name: plan_for(eval_quality.load_entry(name, entry), spec).theoretical_speedup(costs)
-             for name, (_, entry) in table.items()}
+             for name, entry in present.items()}
     assert speed["full"] == 1.0
     for target in ("1.05", "1.08", "1.11"):  # the attention layers are 12% of the MACs: at most 1.14x
         assert speed[f"blockcache-{target}x"] == pytest.approx(float(target), abs=0.01)
     for target in ("1.08", "1.11"):
         name = f"blockcache-{target}x"
-        assert speed[f"{name}-cf"] == speed[f"{name}-tr"] == speed[name]
-        assert eval_quality.load_entry(name, table[f"{name}-tr"][1]).params["scale_shift"].endswith(
-            "trained.safetensors")
+        assert speed[f"{name}-cf"] == speed[name]
+        assert eval_quality.load_entry(name, table[f"{name}-cf"][1]).params["scale_shift"].endswith(
+            "closed-form.safetensors")
+        if f"{name}-tr" in speed:
+            assert speed[f"{name}-tr"] == speed[name]
 
 
 @needs_schedules
