@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import ModelSpec
-from .segments import Segment, block_name
+from .segments import PatchTokenParts, Segment, block_name
 
 
 class DiTHead(nn.Module):
@@ -59,7 +59,7 @@ class DiTTail(nn.Module):
         return h.reshape(batch, c, grid * p, grid * p)  # (B, C, H, W)
 
 
-class DiTParts:
+class DiTParts(PatchTokenParts):
     """The DiT decomposition: ``tail(blocks[0:Nb](head(x), t, y), t, y) == model(x, t, y)``."""
 
     input_names = ("x", "timestep", "class_labels")
@@ -82,20 +82,6 @@ class DiTParts:
             raise ValueError(f"block range [{start}, {end}) is outside [0, {self.num_blocks})")
         return Segment(block_name(start, end), DiTBlocks(self.model, start, end), ("h", *self.cond_names), ("h",),
                        start, end)
-
-    def tail(self) -> Segment:
-        return self._tail
-
-    @property
-    def tokens(self) -> int:
-        return (self.spec.sample_size // self.spec.patch_size) ** 2
-
-    def hidden_shape(self, batch: int) -> tuple[int, ...]:
-        return (batch, self.tokens, self.spec.hidden_size)
-
-    def channel_shape(self) -> tuple[int, ...]:
-        """Shape of a per-channel scale/shift, broadcast against the hidden state."""
-        return (self.spec.hidden_size,)
 
     def example_inputs(self, batch: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Random inputs of the model's shapes (``batch`` counts the CFG doubling)."""

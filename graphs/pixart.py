@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .registry import PIXART_SIZE_INPUTS, PIXART_TEXT_INPUTS, ModelSpec
-from .segments import Segment, block_name
+from .segments import PatchTokenParts, Segment, block_name
 
 # values the head computes for the blocks and the tail (besides the hidden state "h")
 TEMB = "temb"  # (B, 6D): adaLN-single modulation input of every block
@@ -99,7 +99,7 @@ class PixArtTail(nn.Module):
         return h.reshape(batch, c, grid * p, grid * p)  # (B, C, H, W)
 
 
-class PixArtParts:
+class PixArtParts(PatchTokenParts):
     """The PixArt decomposition: ``tail(blocks[0:Nb](head(x, t, text...)), ...) == model(x, ...)``.
 
     Inputs: ``x`` (B, 4, H, W), ``timestep`` (B,), ``encoder_hidden_states`` (B, L, C_text) T5 embeddings,
@@ -136,20 +136,6 @@ class PixArtParts:
             raise ValueError(f"block range [{start}, {end}) is outside [0, {self.num_blocks})")
         return Segment(block_name(start, end), PixArtBlocks(self.model, start, end),
                        ("h", TEMB, CONTEXT, ENCODER_BIAS), ("h",), start, end)
-
-    def tail(self) -> Segment:
-        return self._tail
-
-    @property
-    def tokens(self) -> int:
-        return (self.spec.sample_size // self.spec.patch_size) ** 2
-
-    def hidden_shape(self, batch: int) -> tuple[int, ...]:
-        return (batch, self.tokens, self.spec.hidden_size)
-
-    def channel_shape(self) -> tuple[int, ...]:
-        """Shape of a per-channel scale/shift, broadcast against the hidden state."""
-        return (self.spec.hidden_size,)
 
     def example_inputs(self, batch: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Random inputs of the model's shapes (``batch`` counts the CFG doubling); every mask keeps at least its

@@ -33,6 +33,24 @@ class Segment:
         return self.module(*args)
 
 
+class PatchTokenParts:
+    """Shapes and tail shared by the patch-token transformers' parts (DiT, PixArt-α): needs ``spec`` and ``_tail``."""
+
+    def tail(self) -> Segment:
+        return self._tail
+
+    @property
+    def tokens(self) -> int:
+        return (self.spec.sample_size // self.spec.patch_size) ** 2
+
+    def hidden_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.tokens, self.spec.hidden_size)
+
+    def channel_shape(self) -> tuple[int, ...]:
+        """Shape of a per-channel scale/shift, broadcast against the hidden state."""
+        return (self.spec.hidden_size,)
+
+
 class DenoiserParts(Protocol):
     """What a model family provides to ditcache: its decomposition and the shapes of its inputs.
 
