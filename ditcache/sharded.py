@@ -209,7 +209,15 @@ class Dist:
         dist.all_gather_object(boxes, obj)
         return boxes
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here (a no-op without a group)."""
+        if self.group:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def close(self) -> None:
+        """Leave the process group (after an error too, so no barrier here)."""
         if self.group:
             import torch.distributed as dist
 
@@ -583,7 +591,12 @@ def generate(cfg: GenerateConfig, stdout=None, stderr=None) -> int:
     reference, reference_source = _reference(cfg.reference_throughput)
     job = setup_distributed(cfg.device)
     try:
-        return _generate(cfg, job, reference, reference_source, stdout, stderr)
+        code = _generate(cfg, job, reference, reference_source, stdout, stderr)
+        # rank 0's broadcast returns before the others have received it; one CI run (2026-11-23) saw rank 1 abort
+        # in gloo ("terminate called without an active exception") as the ranks tore down: no rank leaves the
+        # group before every rank is done with the last collective
+        job.barrier()
+        return code
     finally:
         job.close()
 
