@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ditcache.benchmarks.bench_report import atomic_write_text, machine_info
+from ditcache.benchmarks.bench_report import machine_info
+from ditcache.compiler.atomic import write_atomic
 
 
 def abba_order(count: int, rounds: int) -> list[int]:
@@ -131,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        for i in range(len(loaded))],
     }
     out = Path(args.out)
-    atomic_write_text(out / "results.json", json.dumps(document, indent=2) + "\n")
-    atomic_write_text(out / "results.md", markdown(document))
+    write_atomic(out / "results.json", json.dumps(document, indent=2) + "\n", mkdir=True)
+    write_atomic(out / "results.md", markdown(document), mkdir=True)
     print(markdown(document))
     return 0
 

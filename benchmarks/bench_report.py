@@ -12,6 +12,8 @@ import platform
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ditcache.compiler.atomic import atomic_path, write_atomic, write_json_atomic
+
 # Columns of results.csv, in order; results.json rows carry these and a few lists (runs, per-step samples).
 COLUMNS = (
     "id", "status", "kind", "backend", "precision", "schedule", "schedule_kind", "steps", "images", "model_batch",
@@ -27,14 +29,6 @@ COLUMNS = (
 
 
 # ---- small helpers ----------------------------------------------------------------------------------------
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def finite_or_none(value: Any) -> Any:
     """JSON-safe numbers: NaN -> None, +inf -> "inf" (PSNR of identical outputs)."""
     if isinstance(value, float):
@@ -229,11 +223,11 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: _csv_value(r.get(k)) for k in COLUMNS})
-    atomic_write_text(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue(), mkdir=True)
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(_json_safe(document), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    write_json_atomic(path, _json_safe(document), mkdir=True, indent=2, sort_keys=False, allow_nan=False)
 
 
 def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
@@ -356,7 +350,7 @@ def write_markdown(path: Path, document: Mapping[str, Any]) -> None:
     if notes:
         lines += ["## Notes", ""] + [f"- `{i}`: {n}" for i, n in notes] + [""]
     lines += ["Speedup vs MACs: `speedup_vs_macs.png`; every field: `results.json` / `results.csv`.", ""]
-    atomic_write_text(path, "\n".join(lines))
+    write_atomic(path, "\n".join(lines), mkdir=True)
 
 
 MARKERS = {"diffusers": "s", "eager": "o", "inductor": "^", "onnxruntime": "D", "tensorrt": "P"}
@@ -391,8 +385,6 @@ def plot_speedup(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path, mkdir=True) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)

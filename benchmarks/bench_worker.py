@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import resource
 import sys
 import time
@@ -29,6 +28,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ditcache.compiler.atomic import atomic_path, write_json_atomic
+
 from .bench_config import BACKEND_STOCK, RowSpec
 
 
@@ -37,12 +38,8 @@ def log(message: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (tmp + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    """Atomic JSON write."""
+    write_json_atomic(path, data, mkdir=True, indent=2, sort_keys=True, default=str)
 
 
 # ---- memory ---------------------------------------------------------------------------------------------
@@ -379,10 +376,8 @@ def phase_weights(job: dict) -> dict:
     # the sin-cos position table is rebuilt by the model for its resolution: leave it out of the file
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
              if not k.endswith("pos_embed.pos_embed")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(state, str(tmp), metadata={"source": info.source, "model": job["model"]})
-    os.replace(tmp, out)
+    with atomic_path(out, mkdir=True) as tmp:
+        save_file(state, str(tmp), metadata={"source": info.source, "model": job["model"]})
     return {"status": "ok", "seconds": time.perf_counter() - start, "file": str(out), "bytes": out.stat().st_size}
 
 
@@ -509,10 +504,8 @@ def phase_run(job: dict) -> dict:
         result["notes"].append("could not reset the peak-RSS mark: sampling peak not measured")
     if row.device.startswith("cuda"):
         result["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
-    tmp = Path(job["latents_file"] + ".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(latents, tmp)
-    os.replace(tmp, job["latents_file"])
+    with atomic_path(job["latents_file"], mkdir=True) as tmp:
+        torch.save(latents, tmp)
     result["latents_file"] = job["latents_file"]
     return result
 

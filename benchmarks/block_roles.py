@@ -46,6 +46,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ditcache.compiler.atomic import write_atomic
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "block_roles_fmnist"
 HF_CUTOFF = 0.25  # cycles / pixel
@@ -305,13 +307,7 @@ def _figures(images: dict[str, np.ndarray], stats: dict[str, Any], out: Path, ti
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130)
     plt.close(fig)
-    _write(out / "measures.png", buf.getvalue())
-
-
-def _write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    write_atomic(out / "measures.png", buf.getvalue())
 
 
 def _markdown(record: dict[str, Any]) -> str:
@@ -443,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "block_roles.json", json.dumps(record, indent=2) + "\n")
-    _write(out / "block_roles.md", _markdown(record))
+    write_atomic(out / "block_roles.json", json.dumps(record, indent=2) + "\n")
+    write_atomic(out / "block_roles.md", _markdown(record))
     _figures(images, stats, out, f"{MODEL} step {weights.get('step', '?')}: k={args.k} blocks cached (offset) every "
                                  f"step s % {args.interval} != 0, N={args.n}")
     for name in ranges:

@@ -34,7 +34,9 @@ import numpy as np
 import yaml
 
 from .bench_config import ConfigError
-from .eval_quality import REPO_ROOT, SCHEDULES, machine_info, per_image_psnr, per_sample_cosine, write_atomic
+from ditcache.compiler.atomic import write_atomic
+
+from .eval_quality import REPO_ROOT, SCHEDULES, machine_info, per_image_psnr, per_sample_cosine
 from .peers import CACHE_DIT_METHODS, FAMILIES, METHODS, cache_dit_unavailable
 
 _TOP = {"name", "description", "model", "weights", "random_weights", "steps", "scheduler", "guidance", "seed",
@@ -91,7 +93,12 @@ def load_peers_config(path: str | Path) -> dict[str, Any]:
             row["schedule"] = ref
     if "full" not in names:
         raise ConfigError(f"{path}: a row named 'full' (method ditcache, schedule full) is the reference")
-    for name in (cfg.get("compile") or {}).get("rows", []):
+    compile_cfg = cfg.get("compile") or {}
+    if compile_cfg.get("rows") == "all":  # every row gets the torch.compile phase
+        compile_cfg["rows"] = [row["name"] for row in cfg["rows"]]
+    if not isinstance(compile_cfg.get("rows", []), list):
+        raise ConfigError(f"{path}: compile.rows is a list of row names or 'all'")
+    for name in compile_cfg.get("rows", []):
         if name not in names:
             raise ConfigError(f"{path}: compile.rows names {name!r}, which is not a row")
     return cfg
@@ -277,18 +284,28 @@ def assemble(cfg: dict[str, Any], measured: dict[str, dict[str, Any]], quiet: bo
             row.update(fid=fids[name], fid_delta_vs_full=fids[name] - fids["full"],
                        fid_boot_std=boot.get(name, {}).get("fid_boot_std"),
                        fid_delta_boot_std=boot.get(name, {}).get("fid_delta_boot_std"))
+        row["eager_per_mac"] = (row["eager_speedup"] / row["mac_speedup"]
+                                if row["eager_speedup"] and row["mac_speedup"] else None)
         rows.append(row)
-    _dominance(rows)
+    random_weights = bool(cfg.get("random_weights"))
+    _dominance(rows, quality_comparable=not random_weights)
     return {"name": cfg["name"], "model": cfg["model"], "config": cfg["source"], "steps": cfg["steps"],
+            "random_weights": random_weights,
             "scheduler": cfg["scheduler"], "guidance": cfg["guidance"], "seed": cfg["seed"],
             "quality": cfg.get("quality"), "timing": cfg["timing"], "compile": cfg.get("compile"),
             "fid": fid_info, "machine": machine_info(), "rows": rows}
 
 
-def _dominance(rows: list[dict[str, Any]]) -> None:
+def _dominance(rows: list[dict[str, Any]], quality_comparable: bool) -> None:
     """For each peer row: the ditcache rows at least as fast (measured, eager and compiled apart) with quality at
-    least as good (FID, else PSNR)."""
+    least as good (FID, else PSNR). Without comparable quality (random weights: a peer that never caches is
+    "perfect") nothing is matched and every ``matched_by_*`` stays None."""
     ours = [r for r in rows if r["method"] == "ditcache" and r["name"] != "full" and r["error"] is None]
+    if not quality_comparable:
+        for r in rows:
+            if r["method"] != "ditcache":
+                r["matched_by_eager"] = r["matched_by_compiled"] = None
+        return
 
     def better(a, b) -> bool:
         if a["fid"] is not None and b["fid"] is not None:
@@ -317,6 +334,23 @@ def _f(value: Any, digits: int = 2, suffix: str = "") -> str:
     return f"{value}{suffix}"
 
 
+def _matched_table(record: dict[str, Any]) -> list[str]:
+    """Markdown lines: for every peer row, the ditcache rows at least as fast and as good."""
+    def names(v):
+        return "-" if v is None else (", ".join(v) if v else "**none** (the peer wins)")
+
+    lines = ["", "## Which ditcache schedules match or beat each peer", "",
+             "A ditcache row matches a peer when it is at least as fast (measured speedup over the full row, eager "
+             "and compiled apart) and at least as good (FID where measured, else PSNR vs full).", "",
+             "| peer row | eager × | matched eager by | compiled × | matched compiled by |",
+             "| --- | ---: | --- | ---: | --- |"]
+    for r in record["rows"]:
+        if r["method"] != "ditcache":
+            lines.append(f"| {r['name']} | {_f(r['eager_speedup'])} | {names(r.get('matched_by_eager'))} | "
+                         f"{_f(r['compiled_speedup'])} | {names(r.get('matched_by_compiled'))} |")
+    return [*lines, ""]
+
+
 def markdown(record: dict[str, Any]) -> str:
     m = record["machine"]
     q = record.get("quality") or {}
@@ -339,11 +373,15 @@ def markdown(record: dict[str, Any]) -> str:
              "- blocks: calls of each block's attention `to_q` and MLP output layer, counted by forward pre-hooks "
              "during the quality runs (ditcache's segments and every peer counted the same way); MACs follow from the "
              "counts (graphs/macs.py, attention apart from the rest of a block)", ""]
-    lines += ["| row | family | status | blocks run / full | attn run | MACs × | eager s | eager × | compiled s | "
-              "compiled × | compile s | breaks | graphs | recompiles (steady) | PSNR dB | cosine | FID | FID − full | "
-              "load |",
+    if record.get("random_weights"):
+        lines += ["- RANDOM weights: timings and block counts are real; PSNR only says how far a row moves from the "
+                  "full run on the same noise (a row that never caches is identical to it), so quality is compared "
+                  "on the reference model's config, not here", ""]
+    lines += ["| row | family | status | blocks run / full | attn run | MACs × | eager s | eager × | eager ÷ MACs | "
+              "compiled s | compiled × | compile s | breaks | graphs | recompiles (steady) | PSNR dB | cosine | FID | "
+              "FID − full | load |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
-              "---: | ---: | ---: | ---: |"]
+              "---: | ---: | ---: | ---: | ---: |"]
     for r in record["rows"]:
         full_blocks = r["blocks_full_per_run"]
         blocks = (f"{r['blocks_run_per_run']:.1f} / {full_blocks:.0f}" if r["blocks_run_per_run"] is not None
@@ -357,21 +395,18 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append(
             f"| {r['name']} | {r['family']} | {status} | {blocks} | {_f(r['attn_run_per_run'], 1)} | "
             f"{_f(r['mac_speedup'])} | {_f(r['eager_median_s'], 3)} | {_f(r['eager_speedup'])} | "
-            f"{_f(r['compiled_median_s'], 3)} | {_f(r['compiled_speedup'])} | {_f(r['compile_warmup_s'], 1)} | "
+            f"{_f(r.get('eager_per_mac'))} | {_f(r['compiled_median_s'], 3)} | {_f(r['compiled_speedup'])} | "
+            f"{_f(r['compile_warmup_s'], 1)} | "
             f"{_f(r['graph_breaks'])} | {_f(r['graphs'])} | {recompiles} | {_f(r['psnr_vs_full_db'])} | "
             f"{_f(r['cosine_vs_full'], 5)} | {fid} | {dfid} | {_f(r['loadavg_1m'])} |")
-    lines += ["", "## Which ditcache schedules match or beat each peer", "",
-              "A ditcache row matches a peer when it is at least as fast (measured speedup over the full row, eager and "
-              "compiled apart) and at least as good (FID where measured, else PSNR vs full).", "",
-              "| peer row | eager × | matched eager by | compiled × | matched compiled by |", "| --- | ---: | --- | ---: | --- |"]
-    for r in record["rows"]:
-        if r["method"] == "ditcache":
-            continue
-        def names(v):
-            return "-" if v is None else (", ".join(v) if v else "**none** (the peer wins)")
-        lines.append(f"| {r['name']} | {_f(r['eager_speedup'])} | {names(r.get('matched_by_eager'))} | "
-                     f"{_f(r['compiled_speedup'])} | {names(r.get('matched_by_compiled'))} |")
-    lines += ["", "## Notes per row", ""]
+    lines += ["", "`eager ÷ MACs`: how much of the counted compute a row saves turns into eager time (1 = all of "
+              "it; below 1: the method's own overhead, or steps it skips that cost less than average)."]
+    if record.get("random_weights"):
+        lines += ["", "## Which ditcache schedules match or beat each peer", "",
+                  "Not judged on random weights (no meaningful quality): see the reference model's results.", ""]
+    else:
+        lines += _matched_table(record)
+    lines += ["## Notes per row", ""]
     for r in record["rows"]:
         extra = []
         if r.get("graph_break_reasons"):
@@ -404,8 +439,11 @@ def plot_pareto(record: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in record["rows"] if r["eager_speedup"] is not None]
-    panels = ([("fid", "FID (lower is better)")] if any(r["fid"] is not None for r in rows) else []) + \
-        [("psnr_vs_full_db", "PSNR vs full, dB (higher is closer)")]
+    if record.get("random_weights"):  # no meaningful quality: how much of the skipped compute turns into time
+        panels = [("mac_speedup", "MACs x from the counted blocks (dotted: speedup = MACs x)")]
+    else:
+        panels = ([("fid", "FID (lower is better)")] if any(r["fid"] is not None for r in rows) else []) + \
+            [("psnr_vs_full_db", "PSNR vs full, dB (higher is closer)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
         for family, (color, marker) in STYLES.items():
@@ -423,6 +461,9 @@ def plot_pareto(record: dict[str, Any], path: Path) -> None:
             for r in pts:
                 ax.annotate(r["name"], (r["eager_speedup"], r[key]), fontsize=5.5, xytext=(3, 2),
                             textcoords="offset points")
+        if key == "mac_speedup":
+            top = max([r["mac_speedup"] for r in rows if r["mac_speedup"]] + [1.0])
+            ax.plot([1, top], [1, top], color="gray", ls=":", lw=0.8)
         if key == "fid" and record.get("fid"):
             full = next((r["fid"] for r in rows if r["name"] == "full"), None)
             if full is not None:

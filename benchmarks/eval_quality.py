@@ -72,6 +72,8 @@ from typing import Any, Callable  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ditcache.compiler.atomic import write_atomic  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "quality_fmnist"
 MODEL = "dit-fmnist"  # the default --model
@@ -150,12 +152,6 @@ def sample_seed(global_seed: int, index: int) -> int:
 
 def balanced_classes(n: int, num_classes: int = 10) -> list[int]:
     return [i % num_classes for i in range(n)]
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def machine_info() -> dict[str, Any]:

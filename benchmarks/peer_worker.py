@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ditcache.compiler.atomic import write_atomic
+
 from .bench_worker import log, run_phase, skip_random_init
 
 
@@ -81,10 +83,7 @@ def _timed(method, spec, request, warmup: int, repeats: int) -> tuple[list[float
 def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue(), mkdir=True)
 
 
 def phase_eager(job: dict) -> dict:

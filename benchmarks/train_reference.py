@@ -57,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ditcache.compiler.atomic import atomic_path
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUT_DIR = str(REPO_ROOT / "graphs" / "weights" / "dit-fmnist")
@@ -242,10 +244,9 @@ def plot_losses(csv_path: Path, png_path: Path, title: str = "DiT (12x128, p4) o
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 # --------------------------------------------------------------------------- sampling

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
+
+from ditcache.compiler.atomic import atomic_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,10 +99,9 @@ def plot(mean: list[list[float]], labels: list[str], kinds: list[str], steps: in
     axes[0].set_ylabel("relative L1 change of the output vs the previous step")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

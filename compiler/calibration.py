@@ -16,6 +16,7 @@ from ditcache.graphs.registry import ModelSpec
 from ditcache.graphs.schedule import CURVES_FORMAT
 from ditcache.graphs.segments import block_modules
 
+from .atomic import atomic_path, write_atomic
 from .sampling import SampleRequest, model_denoiser, sample
 
 
@@ -40,10 +41,7 @@ class ChangeCurves:
     def save(self, path: str | os.PathLike) -> None:
         """Write as the JSON that schedule.yaml's ``curves:`` reads (atomic)."""
         data = {"format": CURVES_FORMAT, **asdict(self)}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ChangeCurves":
@@ -163,7 +161,6 @@ def plot_curves(curves: ChangeCurves, path: str | os.PathLike) -> None:
     right.legend(fontsize=7)
     right.set_title(f"{curves.meta.get('model', '')}, {curves.meta.get('sampler', '')}, {curves.steps} steps")
     fig.tight_layout()
-    tmp = Path(path).with_name(Path(path).name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)

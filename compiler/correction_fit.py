@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -13,6 +12,7 @@ from ditcache.graphs.corrections import identity_corrections, range_channel_shap
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.registry import ModelSpec
 
+from .atomic import atomic_path
 from .dispatcher import Dispatcher
 from .eager import eager_variants
 from .sampling import SampleRequest, sample
@@ -79,11 +79,9 @@ def save_corrections(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
     """safetensors file for schedule.yaml's ``scale_shift:`` (atomic)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.chmod(tmp, _default_file_mode())  # safetensors creates its files 0600
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.chmod(tmp, _default_file_mode())  # safetensors creates its files 0600
 
 
 def _default_file_mode() -> int:

@@ -10,6 +10,8 @@ import torch
 
 from ditcache.graphs.registry import ModelSpec
 
+from .atomic import atomic_path
+
 
 def decode(latents: torch.Tensor, spec: ModelSpec, vae_path: str | os.PathLike | None = None) -> torch.Tensor | None:
     """Images in [0, 1] (B, C, H, W): pixel models directly, latent models through a local VAE (None without one)."""
@@ -52,10 +54,8 @@ def save_png(image: np.ndarray, path: str | os.PathLike, scale: int = 1) -> None
     if scale > 1:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    pil.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pil.save(tmp)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:

@@ -37,13 +37,13 @@ import contextlib
 import inspect
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from .atomic import atomic_path, write_atomic
 from .backend import BackendUnavailable, BuildSettings, FlatFn, GraphSpec, TensorSpec, require
 
 ROUTES = ("onnx", "dynamo")
@@ -164,22 +164,6 @@ def engine_compatibility(recorded: Mapping[str, Any], current: Mapping[str, Any]
                     f"TensorRT engines only run on the TensorRT version and GPU architecture they were built "
                     f"for: re-run export-engines on this machine")
     return None
-
-
-# ---- files ---------------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, data: Any) -> Path:
-    """Write bytes-like ``data`` to a temporary file beside ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _record_path(directory: Path, graph: GraphSpec) -> Path:
@@ -395,7 +379,7 @@ class TensorRTBackend:
             record = current_versions()
         record = {"route": options.route, "precision": settings.precision, **record}
         text = json.dumps(record, indent=2, sort_keys=True).encode()
-        return [*files, _atomic_write(_record_path(directory, graph), text)]
+        return [*files, write_atomic(_record_path(directory, graph), text)]
 
     def _export_onnx(self, graph: GraphSpec, settings: BuildSettings, options: TensorRTOptions,
                      directory: Path) -> list[Path]:
@@ -428,22 +412,17 @@ class TensorRTBackend:
         cache.parent.mkdir(parents=True, exist_ok=True)
         # the cache goes in and out as open files: polygraphy then leaves no .lock files beside them, and the new
         # cache (the old entries plus this build's) replaces the old one atomically
-        fd, tmp_cache = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".tmp", dir=cache.parent)
-        try:
-            with contextlib.ExitStack() as files_open:
-                new_cache = files_open.enter_context(os.fdopen(fd, "w+b"))
-                old_cache = None
-                if cache.is_file() and cache.stat().st_size:
-                    old_cache = files_open.enter_context(open(cache, "rb"))
-                config = CreateConfig(fp16=weak and settings.precision == "fp16",
-                                      bf16=weak and settings.precision == "bf16", profiles=[profile],
-                                      load_timing_cache=old_cache, memory_pool_limits=pools)
-                network = network_from_onnx_path(str(onnx_path), strongly_typed=options.strongly_typed)
-                engine = engine_bytes_from_network(network, config=config, save_timing_cache=new_cache)
-            os.replace(tmp_cache, cache)
-        finally:
-            Path(tmp_cache).unlink(missing_ok=True)
-        return [*files, _atomic_write(directory / f"{graph.name}.engine", engine)]
+        with atomic_path(cache) as tmp_cache, contextlib.ExitStack() as files_open:
+            new_cache = files_open.enter_context(open(tmp_cache, "w+b"))
+            old_cache = None
+            if cache.is_file() and cache.stat().st_size:
+                old_cache = files_open.enter_context(open(cache, "rb"))
+            config = CreateConfig(fp16=weak and settings.precision == "fp16",
+                                  bf16=weak and settings.precision == "bf16", profiles=[profile],
+                                  load_timing_cache=old_cache, memory_pool_limits=pools)
+            network = network_from_onnx_path(str(onnx_path), strongly_typed=options.strongly_typed)
+            engine = engine_bytes_from_network(network, config=config, save_timing_cache=new_cache)
+        return [*files, write_atomic(directory / f"{graph.name}.engine", engine)]
 
     def _build_dynamo(self, graph: GraphSpec, settings: BuildSettings, options: TensorRTOptions, directory: Path,
                       cache: Path) -> list[Path]:
@@ -465,13 +444,8 @@ class TensorRTBackend:
             wanted["enabled_precisions"] = {settings.dtype}
         compiled = torch_tensorrt.dynamo.compile(program, **{k: v for k, v in wanted.items() if k in params})
         path = directory / f"{graph.name}.ep"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.ep", dir=directory)
-        os.close(fd)
-        try:
-            torch_tensorrt.save(compiled, tmp, output_format="exported_program", arg_inputs=inputs)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            torch_tensorrt.save(compiled, str(tmp), output_format="exported_program", arg_inputs=inputs)
         return [path]
 
     # ---- load ---------------------------------------------------------------------------------------------

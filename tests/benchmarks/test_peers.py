@@ -154,6 +154,27 @@ def test_peers_config_validation(tmp_path):
     bad.write_text("model: dit-tiny\nsteps: 4\ntiming: {classes: [1]}\nrows:\n  - {name: a, method: fbc}\n")
     with pytest.raises(ConfigError, match="'full'"):
         load_peers_config(bad)
+    assert cfg["compile"]["rows"] == [row["name"] for row in cfg["rows"]]  # "rows: all"
+    bad.write_text("model: dit-tiny\nsteps: 4\ntiming: {classes: [1]}\ncompile: {rows: full}\nrows:\n"
+                   "  - {name: full, method: ditcache, schedule: {kind: full, steps: 4}}\n")
+    with pytest.raises(ConfigError, match="list of row names or 'all'"):
+        load_peers_config(bad)
+
+
+def test_matched_by_needs_faster_and_better():
+    """The "matched by" rule: at least as fast (per mode) and at least as good (FID, else PSNR)."""
+    from ditcache.benchmarks.compare_peers import _dominance
+
+    def row(name, method, eager, compiled, fid):
+        return {"name": name, "method": method, "error": None, "eager_speedup": eager, "compiled_speedup": compiled,
+                "fid": fid, "psnr_vs_full_db": None}
+
+    rows = [row("full", "ditcache", 1.0, 1.0, 10.0), row("ours-fast", "ditcache", 2.0, 1.5, 11.0),
+            row("ours-good", "ditcache", 1.2, 1.6, 9.0), row("peer", "fbc", 1.5, 1.2, 10.5)]
+    _dominance(rows, quality_comparable=True)
+    assert rows[3]["matched_by_eager"] == [] and rows[3]["matched_by_compiled"] == ["ours-good"]
+    _dominance(rows, quality_comparable=False)
+    assert rows[3]["matched_by_eager"] is None and rows[3]["matched_by_compiled"] is None
 
 
 def test_compare_peers_end_to_end(tmp_path):
@@ -175,7 +196,12 @@ def test_compare_peers_end_to_end(tmp_path):
     else:
         assert rows["dbcache"]["status"] == "ok"
     assert (out / "pareto.png").stat().st_size > 0
-    assert "fastercache-default" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    assert "fastercache-default" in text
+    # random weights: speed per skipped compute is reported, quality is not used to pick winners
+    assert rows["delta"]["eager_per_mac"] == pytest.approx(rows["delta"]["eager_speedup"] / rows["delta"]["mac_speedup"])
+    assert record["random_weights"] and "Not judged on random weights" in text
+    assert all(rows[n]["matched_by_eager"] is None for n in ("fbc", "pab", "taylorseer"))
 
 
 @pytest.mark.slow

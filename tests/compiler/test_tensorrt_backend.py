@@ -17,7 +17,6 @@ from ditcache.compiler.tensorrt_backend import (
     EngineIncompatible,
     TensorRTBackend,
     TensorRTOptions,
-    _atomic_write,
     _file_output_names,
     engine_compatibility,
     match_names,
@@ -162,13 +161,6 @@ def test_segment_output_named_as_in_the_onnx_file(tiny_parts, tiny_spec):
         tiny_spec.num_blocks)
     blocks = next(g for g in plan_graphs(tiny_parts, plan, "segment", 2, torch.float32) if "blocks" in g.name)
     assert blocks.input_names[0] == "h" and _file_output_names(blocks) == ("h_out",)
-
-
-def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
-    path = tmp_path / "a.engine"
-    _atomic_write(path, b"old")
-    _atomic_write(path, memoryview(b"new"))
-    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["a.engine"]
 
 
 # ---- real engines: TensorRT and a GPU --------------------------------------------------------------------------

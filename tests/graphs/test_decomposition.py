@@ -44,7 +44,8 @@ def test_bad_range(tiny_parts):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in MODELS if n not in ("dit-tiny", "dit-fmnist")])
+@pytest.mark.parametrize("name", [n for n, s in MODELS.items() if s.family == "dit" and n not in ("dit-tiny", "dit-fmnist")])
 def test_full_sizes(name):
+    """The DiT sizes (PixArt and the U-Nets have their own full-size checks in test_pixart.py / test_unet.py)."""
     nb = get_spec(name).num_blocks
     check(name, 1, [(0, nb), (0, nb // 4, nb - nb // 4, nb)])

@@ -104,6 +104,21 @@ def test_registry_sizes_build_in_diffusers(name):
     assert spec.sampler == ("lcm" if "lcm" in name else "dpm++")
 
 
+
+@pytest.mark.slow
+def test_full_size_chain_equals_diffusers_at_256px():
+    """PixArt-α XL/2 256² (random weights): head / blocks / tail chained equal its forward bit for bit."""
+    spec = get_spec("pixart-256")
+    model, _ = load_model(spec, random_weights=True, seed=1)
+    parts = parts_for(model, spec)
+    inputs = parts.example_inputs(1, torch.Generator().manual_seed(0))
+    nb = spec.num_blocks
+    with torch.no_grad():
+        want = diffusers_forward(model, inputs)
+        for cuts in [(0, nb), (0, nb // 4, nb - nb // 4, nb)]:
+            torch.testing.assert_close(chained(parts, inputs, cuts), want, rtol=0, atol=0)
+    assert want.shape == (1, spec.out_channels, spec.sample_size, spec.sample_size)
+
 def test_spec_for_config_of_a_custom_pixart(pixart_model, pixart_spec):
     assert spec_for_config(pixart_model.config) is pixart_spec
     config = dict(pixart_model.config, num_layers=3)

@@ -1,0 +1,63 @@
+"""Atomic file writes: a file is either its old self or complete, never half-written.
+
+Everything is written to a temporary name beside the target (same folder, so ``os.replace`` is a rename on one
+file system), flushed to disk, then moved over the target; a failure removes the temporary file and leaves the
+target untouched. The temporary name keeps the target's suffix, so writers that pick a format from it
+(matplotlib's ``savefig``, PIL, ``np.savez``) write the right format. Files get the umask's mode (not
+``mkstemp``'s 0600). Folder-shaped artifacts (engine directories, ONNX files with external data, shards) keep
+their own commit protocols in export/ and compiler/; this module is for single files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, mkdir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on an exception it is removed.
+
+    ``mkdir``: create ``path``'s folder first.
+    """
+    path = Path(path)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"the writer did not create {tmp} (meant to replace {path})")
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, data: Any, mkdir: bool = False) -> Path:
+    """Write text (UTF-8) or a bytes-like object (bytes, memoryview, a TensorRT host buffer) to ``path`` atomically; returns the path."""
+    with atomic_path(path, mkdir=mkdir) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)  # any bytes-like object, no copy
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, mkdir: bool = False, **dumps: Any) -> Path:
+    """``json.dumps(data, **dumps)`` (indent 2 unless given) plus a newline, written atomically."""
+    dumps.setdefault("indent", 2)
+    return write_atomic(path, json.dumps(data, **dumps) + "\n", mkdir=mkdir)
