@@ -173,7 +173,10 @@ def run_row(cfg: dict[str, Any], row: dict[str, Any], weights: str | None, work:
     phases = [("eager", {"quality": cfg.get("quality"), "work_file": str(row_dir / "quality.npz")})]
     compile_cfg = cfg.get("compile") or {}
     if row["name"] in compile_cfg.get("rows", []) and not args.no_compile:
-        phases.append(("compile", {"compile_repeats": compile_cfg.get("repeats", 3)}))
+        extra = {"compile_repeats": compile_cfg.get("repeats", 3)}
+        if row["method"] == "ditcache":
+            extra["ditcache_granularity"] = "variant"  # peers.py compiles ditcache's rows as export-engines does
+        phases.append(("compile", extra))
     for phase, extra in phases:
         job = {**base, **extra, "phase": phase}
         key = _key(job)

@@ -338,28 +338,26 @@ def _cache_dit_method(name: str, model: nn.Module, spec, steps: int, params: dic
 
 def _ditcache_method(name: str, model: nn.Module, spec, schedule, compiled: bool) -> Method:
     from ditcache.compiler.dispatcher import Dispatcher
-    from ditcache.compiler.eager import eager_variants, segment_variant_fn
+    from ditcache.compiler.eager import eager_variants
     from ditcache.compiler.runner import corrections_for, plan_for
     from ditcache.graphs import parts_for
 
     plan = plan_for(schedule, spec)
     parts = parts_for(model, spec)
-    if compiled:
-        import dataclasses
+    if compiled:  # the inductor backend as export-engines runs it by default: one compiled graph per variant
+        from ditcache.compiler.adapters import variant_fn
+        from ditcache.compiler.backend import BuildSettings, get_backend
+        from ditcache.compiler.graph_specs import plan_graphs
 
-        from ditcache.compiler.inductor_backend import _allow_many_graphs
-        from ditcache.graphs.variants import build_segments
-
-        _allow_many_graphs()
-        segments = {k: dataclasses.replace(s, module=torch.compile(s.module, fullgraph=True, dynamic=False))
-                    for k, s in build_segments(parts, plan).items()}
-        variants = {v.name: torch.no_grad()(segment_variant_fn(plan, v, segments, parts.hidden_name))
-                    for v in plan.variants}
+        backend, settings = get_backend("inductor"), BuildSettings("fp32", "cpu")
+        graphs = {g.name: g for g in plan_graphs(parts, plan, "variant", 1, torch.float32)}  # shapes: at 1st call
+        variants = {v.name: variant_fn(backend.load(graphs[f"variant.{v.name}"], settings, []),
+                                       graphs[f"variant.{v.name}"], v) for v in plan.variants}
     else:
         variants = eager_variants(parts, plan)
     dispatcher = Dispatcher(plan, variants, corrections_for(plan, spec, parts))
-    notes = ["torch.compile(fullgraph=True, dynamic=False) per segment (head, block ranges, tail), as the inductor "
-             "backend at segment granularity"] if compiled else []
+    notes = ["ditcache's inductor backend at its default variant granularity (torch.compile(fullgraph=True, "
+             "dynamic=False) of each step variant, as export-engines --backend inductor)"] if compiled else []
     return Method(name, "ditcache", dispatcher, dispatcher.reset, lambda: None, notes=notes)
 
 

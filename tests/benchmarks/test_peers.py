@@ -219,3 +219,9 @@ def test_compile_phase_counts_graph_breaks(tmp_path):
            "timing": {"classes": [3], "repeats": 1}, "compile_repeats": 1}
     result = phase_compile(job)
     assert result["status"] == "ok" and result["graph_breaks"] > 0
+    # ditcache's row: compiled as export-engines does (one graph per variant), no graph break, no steady recompile
+    job["row"] = {"name": "delta", "method": "ditcache",
+                  "schedule": {"kind": "delta-dit", "steps": 4, "boundary": 2, "interval": 2, "cached_blocks": 2}}
+    result = phase_compile(job)
+    assert result["status"] == "ok", result
+    assert result["graph_breaks"] == 0 and result["steady_recompiles"] == 0 and "variant granularity" in result["notes"][0]
