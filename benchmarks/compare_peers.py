@@ -175,7 +175,9 @@ def run_row(cfg: dict[str, Any], row: dict[str, Any], weights: str | None, work:
     if row["name"] in compile_cfg.get("rows", []) and not args.no_compile:
         extra = {"compile_repeats": compile_cfg.get("repeats", 3)}
         if row["method"] == "ditcache":
-            extra["ditcache_granularity"] = "variant"  # peers.py compiles ditcache's rows as export-engines does
+            # only enters the cache key (peers.py always compiles ditcache's rows per variant, as export-engines
+            # does): results of the earlier per-segment compile are not reused by --resume
+            extra["ditcache_granularity"] = "variant"
         phases.append(("compile", extra))
     for phase, extra in phases:
         job = {**base, **extra, "phase": phase}
@@ -303,12 +305,12 @@ def _dominance(rows: list[dict[str, Any]], quality_comparable: bool) -> None:
     """For each peer row: the ditcache rows at least as fast (measured, eager and compiled apart) with quality at
     least as good (FID, else PSNR). Without comparable quality (random weights: a peer that never caches is
     "perfect") nothing is matched and every ``matched_by_*`` stays None."""
-    ours = [r for r in rows if r["method"] == "ditcache" and r["name"] != "full" and r["error"] is None]
     if not quality_comparable:
         for r in rows:
             if r["method"] != "ditcache":
                 r["matched_by_eager"] = r["matched_by_compiled"] = None
         return
+    ours = [r for r in rows if r["method"] == "ditcache" and r["name"] != "full" and r["error"] is None]
 
     def better(a, b) -> bool:
         if a["fid"] is not None and b["fid"] is not None:

@@ -7,8 +7,9 @@ names the row, the model and weights, the sampling settings and the phase:
   counting on; Inception features when FID is asked for; written to ``work_file``), then the eager latency of the
   timing batch (counting hooks removed; warm-up runs, then timed runs).
 * ``compile``: a fresh model, the method with torch.compile (peers: ``torch.compile(transformer)``; ditcache: its
-  inductor backend, one ``fullgraph=True`` graph per step variant as export-engines builds it), dynamo's counters before and after the warm-up run (graph breaks, graphs,
-  recompilations) and after the timed runs (any recompilation there is a steady-state cost).
+  inductor backend, one ``fullgraph=True`` graph per step variant as export-engines builds it), dynamo's counters
+  before and after the warm-up run (graph breaks, graphs, recompilations) and after the timed runs (any
+  recompilation there is a steady-state cost).
 
 Progress lines on stderr start with ``bench:``.
 """

@@ -51,7 +51,7 @@ def atomic_path(path: str | os.PathLike, mkdir: bool = False) -> Iterator[Path]:
 
 
 def write_atomic(path: str | os.PathLike, data: Any, mkdir: bool = False) -> Path:
-    """Write text (UTF-8) or a bytes-like object (bytes, memoryview, a TensorRT host buffer) to ``path`` atomically; returns the path."""
+    """Text (UTF-8) or any bytes-like object (bytes, memoryview, a TensorRT host buffer) to ``path``, atomically."""
     with atomic_path(path, mkdir=mkdir) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)  # any bytes-like object, no copy
     return Path(path)
