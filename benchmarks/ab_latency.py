@@ -82,8 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from ditcache.compiler.runner import sample_with_plan
-    from ditcache.compiler.sampling import SampleRequest
+    from ditcache.compiler.runtime.runner import sample_with_plan
+    from ditcache.compiler.runtime.sampling import SampleRequest
     from ditcache.export.load import load_engines
 
     if args.threads:

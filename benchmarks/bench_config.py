@@ -220,7 +220,7 @@ def load_config(path: str | Path) -> BenchConfig:
 
 def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None,
                  default_name: str = "bench") -> BenchConfig:
-    from ditcache.compiler.sampling import SCHEDULERS
+    from ditcache.compiler.runtime.sampling import SCHEDULERS
     from ditcache.graphs.registry import MODELS
 
     base_dir = base_dir or Path.cwd()

@@ -142,7 +142,7 @@ def step_stats(step_seconds: Mapping[str, list[float]]) -> dict[str, dict[str, f
 
 def fidelity(cached, full) -> dict[str, float]:
     """PSNR (data range = max - min of the full output) and cosine of ``cached`` against ``full``."""
-    from ditcache.compiler.images import cosine, psnr
+    from ditcache.images import cosine, psnr
 
     data_range = float(full.max() - full.min())
     return {"psnr_db": psnr(cached, full, data_range=data_range), "cosine": cosine(cached, full)}

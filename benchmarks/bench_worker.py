@@ -175,8 +175,8 @@ def prompts_for(row: RowSpec, spec):
     over the images, or synthetic embeddings (timing only)."""
     if not spec.text_conditioned:
         return None
-    from ditcache.compiler.conditioning import text_channels
-    from ditcache.compiler.prompts import PromptEmbeddings, synthetic_prompts
+    from ditcache.compiler.runtime.conditioning import text_channels
+    from ditcache.compiler.runtime.prompts import PromptEmbeddings, synthetic_prompts
 
     if row.embeddings is None:
         return synthetic_prompts(row.num_images, int(spec.text_length), int(text_channels(spec)), row.seed)
@@ -191,7 +191,7 @@ class StockRunner(_Runner):
     def __init__(self, row: RowSpec, spec, schedule, dtype: torch.dtype):
         from diffusers import DiTPipeline
 
-        from ditcache.compiler.sampling import make_scheduler
+        from ditcache.compiler.runtime.sampling import make_scheduler
         from ditcache.graphs.weights import load_model
 
         if schedule.kind != "full":
@@ -289,7 +289,7 @@ class DispatcherRunner(_Runner):
     """ditcache's sampling loop over a Dispatcher (eager, or loaded from an engine directory)."""
 
     def __init__(self, row: RowSpec, spec, plan, dispatcher, dtype: torch.dtype):
-        from ditcache.compiler.sampling import SampleRequest
+        from ditcache.compiler.runtime.sampling import SampleRequest
 
         self.row, self.spec, self.plan, self.dispatcher, self.dtype = row, spec, plan, dispatcher, dtype
         self.dispatcher.sync = _sync(row.device)
@@ -312,7 +312,7 @@ class DispatcherRunner(_Runner):
         warm_variants(self.dispatcher, self.spec, self.request, self.dtype, self.row.device)
 
     def run(self) -> torch.Tensor:
-        from ditcache.compiler.runner import sample_with_plan
+        from ditcache.compiler.runtime.runner import sample_with_plan
 
         out = sample_with_plan(self.dispatcher, self.spec, self.request, dtype=self.dtype, device=self.row.device)
         if self.row.device.startswith("cuda"):
@@ -328,7 +328,7 @@ def warm_variants(dispatcher, spec, request, dtype: torch.dtype, device: str) ->
     """Call every distinct step program once (compiles JIT backends, touches every engine), in order of first
     use, so that each replayed range has been recorded by an earlier call. Costs one denoiser call per variant
     instead of a whole sampling run."""
-    from ditcache.compiler.sampling import initial_noise, make_scheduler
+    from ditcache.compiler.runtime.sampling import initial_noise, make_scheduler
     from ditcache.graphs.corrections import step_corrections
 
     plan = dispatcher.plan
@@ -419,7 +419,7 @@ def phase_build(job: dict) -> dict:
 def phase_run(job: dict) -> dict:
     """Load, warm up, timed runs; final latents to ``job['latents_file']``."""
     from ditcache.compiler.backend import BuildSettings
-    from ditcache.compiler.runner import eager_dispatcher, plan_for
+    from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for
 
     row = RowSpec.from_dict(job["row"])
     if row.threads:

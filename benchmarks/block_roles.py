@@ -156,9 +156,9 @@ def role_plan(num_blocks: int, steps: int, name: str, start: int, end: int, inte
 def sample_images(model, spec, plan, n: int, seed: int, guidance: float, batch: int, progress: bool,
                   desc: str) -> np.ndarray:
     from ditcache.benchmarks.eval_quality import SCHEDULER, STEPS, balanced_classes, sample_seed
-    from ditcache.compiler.images import decode
-    from ditcache.compiler.runner import eager_dispatcher, sample_with_plan
-    from ditcache.compiler.sampling import SampleRequest
+    from ditcache.images import decode
+    from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
+    from ditcache.compiler.runtime.sampling import SampleRequest
 
     dispatcher = eager_dispatcher(model, spec, plan)
     labels = balanced_classes(n, spec.num_classes)
@@ -260,7 +260,7 @@ def verdict(images: dict[str, np.ndarray]) -> dict[str, Any]:
 def _figures(images: dict[str, np.ndarray], stats: dict[str, Any], out: Path, title: str) -> None:
     import torch
 
-    from ditcache.compiler.images import grid, save_png, to_uint8
+    from ditcache.images import grid, save_png, to_uint8
 
     n = len(images["full"])
     cols = [c for c in range(min(10, n))]  # one sample per class
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     training = Path(info.source).parent / "training.json"
     if training.is_file():
         weights["step"] = json.loads(training.read_text()).get("step")
-    from ditcache.compiler.runner import plan_for
+    from ditcache.compiler.runtime.runner import plan_for
     from ditcache.graphs import full_schedule
 
     plans = {"full": plan_for(full_schedule(STEPS), spec)}

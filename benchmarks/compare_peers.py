@@ -362,7 +362,7 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [f"# Peers side by side: {record['name']}", "",
              f"Command (from the repository root): `{record['command']}`", "",
              f"- model `{record['model']}`, {record['steps']} {record['scheduler']} steps, guidance {record['guidance']}; "
-             f"every row samples through ditcache's own loop (`compiler/sampling.py`): same scheduler, noise, seeds",
+             f"every row samples through ditcache's own loop (`compiler/runtime/sampling.py`): same scheduler, noise, seeds",
              f"- quality: N = {q.get('n')} class-balanced samples in batches of {q.get('batch_size')} (per-sample seeds "
              f"as benchmarks/eval_quality.py), PSNR / cosine vs the `full` row" if q else
              "- quality: fidelity of the timing batch vs the `full` row (no FID)",

@@ -206,9 +206,9 @@ class Outcome:
 # ---- the run ------------------------------------------------------------------------------------
 def run_schedule(name: str, model, spec, plan, args, log: Callable[[str], None], with_fid: bool,
                  progress: bool) -> Outcome:
-    from ditcache.compiler.images import decode, to_uint8
-    from ditcache.compiler.runner import eager_dispatcher, sample_with_plan
-    from ditcache.compiler.sampling import SampleRequest
+    from ditcache.images import decode, to_uint8
+    from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
+    from ditcache.compiler.runtime.sampling import SampleRequest
 
     dispatcher = eager_dispatcher(model, spec, plan)
     labels = balanced_classes(args.n, spec.num_classes)
@@ -305,7 +305,7 @@ def per_sample_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def class_grid(images: np.ndarray, n_classes: int, per_class: int) -> np.ndarray:
     """(rows = classes, columns = the first ``per_class`` samples of each class) as one uint8 image."""
-    from ditcache.compiler.images import grid, to_uint8
+    from ditcache.images import grid, to_uint8
 
     n = len(images)
     per_class = max(1, min(per_class, -(-n // n_classes)))
@@ -469,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     table, default_out = MODELS[args.model]  # the chosen model's schedules
     args.out = args.out or str(default_out)
-    from ditcache.compiler.images import save_png
-    from ditcache.compiler.runner import plan_for
+    from ditcache.images import save_png
+    from ditcache.compiler.runtime.runner import plan_for
     from ditcache.graphs import costs_for, get_spec, load_model
     from ditcache.graphs.schedule import ScheduleError
 

@@ -106,7 +106,7 @@ def to_nchw3(images: np.ndarray) -> np.ndarray:
     x = np.asarray(images)
     if x.dtype != np.uint8:
         raise ValueError(f"FID features take uint8 images in [0, 255], got {x.dtype}; convert with "
-                         f"ditcache.compiler.images.to_uint8")
+                         f"ditcache.images.to_uint8")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):

@@ -54,7 +54,7 @@ def _row(job: dict) -> dict[str, Any]:
 
 
 def _request(job: dict, labels, seed: int, sample_seeds=None):
-    from ditcache.compiler.sampling import SampleRequest
+    from ditcache.compiler.runtime.sampling import SampleRequest
 
     return SampleRequest(tuple(int(c) for c in labels), int(job["steps"]), float(job["guidance"]), int(seed),
                          job["scheduler"], sample_seeds=None if sample_seeds is None else tuple(sample_seeds))
@@ -88,7 +88,7 @@ def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def phase_eager(job: dict) -> dict:
-    from ditcache.compiler.images import decode, to_uint8
+    from ditcache.images import decode, to_uint8
 
     from .eval_quality import balanced_classes, sample_seed
     from .peers import CallCounter, count_summary, install, run_sampling

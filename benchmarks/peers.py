@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ditcache.compiler.sampling import SampleRequest, model_denoiser, sample
+from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
 
 DIFFUSERS_METHODS = ("fbc", "pab", "fastercache", "magcache", "taylorseer", "seacache")
 CACHE_DIT_METHODS = ("dbcache",)
@@ -178,7 +178,7 @@ class _Loop:
     """Step counter and timestep of the running sampling loop, for the hooks' contexts and callbacks."""
 
     def __init__(self, spec, steps: int):
-        from ditcache.compiler.sampling import make_scheduler
+        from ditcache.compiler.runtime.sampling import make_scheduler
 
         self.steps = steps
         self.step = 0
@@ -337,15 +337,15 @@ def _cache_dit_method(name: str, model: nn.Module, spec, steps: int, params: dic
 
 
 def _ditcache_method(name: str, model: nn.Module, spec, schedule, compiled: bool) -> Method:
-    from ditcache.compiler.dispatcher import Dispatcher
-    from ditcache.compiler.eager import eager_variants
-    from ditcache.compiler.runner import corrections_for, plan_for
+    from ditcache.compiler.runtime.dispatcher import Dispatcher
+    from ditcache.compiler.runtime.interpreter import eager_variants
+    from ditcache.compiler.runtime.runner import corrections_for, plan_for
     from ditcache.graphs import parts_for
 
     plan = plan_for(schedule, spec)
     parts = parts_for(model, spec)
     if compiled:  # the inductor backend as export-engines runs it by default: one compiled graph per variant
-        from ditcache.compiler.adapters import variant_fn
+        from ditcache.compiler.runtime.adapters import variant_fn
         from ditcache.compiler.backend import BuildSettings, get_backend
         from ditcache.compiler.graph_specs import plan_graphs
 

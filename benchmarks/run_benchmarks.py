@@ -124,7 +124,7 @@ def availability(row: RowSpec) -> str | None:
 
 def plan_numbers(cfg: BenchConfig, row: RowSpec) -> dict[str, Any]:
     """MACs and theoretical speedup of the row's plan (analytic, no model needed)."""
-    from ditcache.compiler.runner import plan_for
+    from ditcache.compiler.runtime.runner import plan_for
     from ditcache.graphs import costs_for
     from ditcache.graphs.registry import at_resolution, get_spec
 

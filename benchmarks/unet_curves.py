@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ditcache.compiler.calibration import calibrate
-    from ditcache.compiler.sampling import SampleRequest
+    from ditcache.compiler.calibration.curves import calibrate
+    from ditcache.compiler.runtime.sampling import SampleRequest
     from ditcache.graphs import get_spec, load_model, parts_for
 
     if args.threads:

@@ -1,7 +1,2 @@
-"""How it runs: backends, the runtime dispatcher, the sampling loop."""
-
-from .dispatcher import Dispatcher, VariantFn
-from .eager import eager_variants
-from .sampling import SCHEDULERS, SampleRequest, model_denoiser, sample
-
-__all__ = ["SCHEDULERS", "Dispatcher", "SampleRequest", "VariantFn", "eager_variants", "model_denoiser", "sample"]
+"""How it runs: backends (one module each, behind compiler.backend), the runtime (dispatcher, sampling loop,
+conditioning) and calibration (change curves, scale/shift corrections)."""

@@ -108,10 +108,10 @@ class Backend(Protocol):
 
 # name -> "module:Class" inside ditcache.compiler, imported only when asked for
 _BUILTIN = {
-    "eager": "eager:EagerBackend",
-    "inductor": "inductor_backend:InductorBackend",
-    "onnxruntime": "onnxruntime_backend:OnnxRuntimeBackend",
-    "tensorrt": "tensorrt_backend:TensorRTBackend",
+    "eager": "backends.eager:EagerBackend",
+    "inductor": "backends.inductor:InductorBackend",
+    "onnxruntime": "backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "backends.tensorrt:TensorRTBackend",
 }
 _BACKENDS: dict[str, Callable[[], Backend]] = {}
 

@@ -15,7 +15,7 @@ from ditcache.graphs.variants import (
     shift_name,
 )
 
-from .backend import GRANULARITIES, GraphSpec, TensorSpec
+from ditcache.compiler.backend import GRANULARITIES, GraphSpec, TensorSpec
 
 
 class TupleOutputs(nn.Module):

@@ -1,10 +1,31 @@
 """ditcache: compile Diffusion Transformer sampling with step caching (Δ-DiT, block caching).
 
-The folders graphs/, compiler/, export/ and benchmarks/ install as ``ditcache.graphs`` and so on.
+The folders graphs/, compiler/, export/ and benchmarks/ install as ``ditcache.graphs`` and so on. Importing
+``ditcache`` loads nothing else: ``ditcache.apply`` and the typed configs are imported on first use.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .plugin import apply  # noqa: E402
+# public name -> module that defines it (loaded on first attribute access)
+_LAZY = {
+    "apply": "ditcache.plugin",
+}
 
-__all__ = ["apply", "__version__"]
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ditcache' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

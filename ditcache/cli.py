@@ -46,7 +46,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    from ditcache.compiler.sampling import SCHEDULERS
+    from ditcache.compiler.runtime.sampling import SCHEDULERS
 
     parser.add_argument("--scheduler", choices=SCHEDULERS,
                         help="sampler (default: the model's: ddim for DiT, dpm++ for PixArt-α, lcm for PixArt-α-LCM)")
@@ -77,7 +77,7 @@ def _sampling_defaults(args: argparse.Namespace, spec) -> None:
 def _prompts(args: argparse.Namespace, spec):
     """The prompt embeddings of a text-conditioned model (None for class-conditional ones), from --embeddings or
     encoded from --prompt with --text-encoder."""
-    from ditcache.compiler.prompts import PromptEmbeddings, encode_prompts
+    from ditcache.compiler.runtime.prompts import PromptEmbeddings, encode_prompts
 
     given = [flag for flag, value in (("--embeddings", args.embeddings), ("--text-encoder", args.text_encoder),
                                       ("--prompt", args.prompt)) if value]
@@ -148,9 +148,9 @@ def cmd_show_plan(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from ditcache.compiler.images import decode, grid, save_png, to_uint8
-    from ditcache.compiler.runner import eager_dispatcher, plan_for, sample_with_plan
-    from ditcache.compiler.sampling import SampleRequest
+    from ditcache.images import decode, grid, save_png, to_uint8
+    from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
+    from ditcache.compiler.runtime.sampling import SampleRequest
 
     spec, model, info = _load(args)
     schedule = _schedule(args)
@@ -228,9 +228,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ditcache.compiler.images import decode, grid, save_png, to_uint8
-    from ditcache.compiler.runner import sample_with_plan
-    from ditcache.compiler.sampling import SampleRequest
+    from ditcache.images import decode, grid, save_png, to_uint8
+    from ditcache.compiler.runtime.runner import sample_with_plan
+    from ditcache.compiler.runtime.sampling import SampleRequest
     from ditcache.export.load import load_engines
     from ditcache.export.manifest import Manifest
     from ditcache.graphs.registry import get_spec
@@ -271,8 +271,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ditcache.compiler.calibration import calibrate, plot_curves
-    from ditcache.compiler.sampling import SampleRequest
+    from ditcache.compiler.calibration.curves import calibrate, plot_curves
+    from ditcache.compiler.runtime.sampling import SampleRequest
 
     spec, model, info = _load(args)
     classes = tuple(args.classes if args.classes is not None else range(min(10, spec.num_classes)))
@@ -294,7 +294,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_auto_schedule(args: argparse.Namespace) -> int:
     import yaml
 
-    from ditcache.compiler.calibration import ChangeCurves
+    from ditcache.compiler.calibration.curves import ChangeCurves
     from ditcache.graphs import costs_for, load_schedule
     from ditcache.graphs.auto_schedule import schedule_document, threshold_for_target
     from ditcache.graphs.registry import get_spec
@@ -324,8 +324,8 @@ def cmd_auto_schedule(args: argparse.Namespace) -> int:
 def cmd_fit_correction(args: argparse.Namespace) -> int:
     import yaml
 
-    from ditcache.compiler.correction_fit import calibration_request, fit_corrections, save_corrections
-    from ditcache.compiler.runner import plan_for
+    from ditcache.compiler.calibration.correction_fit import calibration_request, fit_corrections, save_corrections
+    from ditcache.compiler.runtime.runner import plan_for
     from ditcache.graphs.schedule import load_schedule
 
     spec, model, info = _load(args)
@@ -342,7 +342,7 @@ def cmd_fit_correction(args: argparse.Namespace) -> int:
         tensors = fit_corrections(model, spec, plan, request, progress=not args.quiet)
     how = "closed-form"
     if args.method == "trained":
-        from ditcache.compiler.correction_train import train_corrections
+        from ditcache.compiler.calibration.correction_train import train_corrections
 
         tensors, log = train_corrections(model, spec, plan, request, init=tensors, epochs=args.epochs, lr=args.lr,
                                          progress=not args.quiet)

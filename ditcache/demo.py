@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import yaml
 
-from ditcache.compiler.images import cosine, decode, grid, psnr, save_png, to_uint8
-from ditcache.compiler.runner import eager_dispatcher, plan_for, sample_with_plan
-from ditcache.compiler.sampling import SampleRequest
+from ditcache.images import cosine, decode, grid, psnr, save_png, to_uint8
+from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.sampling import SampleRequest
 from ditcache.graphs import costs_for, full_schedule, get_spec, load_model, parse_schedule
 
 DEMO_MODEL = "dit-fmnist"

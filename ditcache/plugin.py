@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ditcache.compiler.backend import BuildSettings, get_backend, require
-from ditcache.compiler.adapters import segment_fns, variant_fn
-from ditcache.compiler.dispatcher import Dispatcher
+from ditcache.compiler.runtime.adapters import segment_fns, variant_fn
+from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.graph_specs import plan_graphs
 from ditcache.graphs import costs_for, parts_for
 from ditcache.graphs.plan import Plan

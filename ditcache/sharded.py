@@ -304,7 +304,7 @@ class GenerateConfig:
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
     """The ``generate`` subcommand's arguments."""
-    from ditcache.compiler.sampling import SCHEDULERS
+    from ditcache.compiler.runtime.sampling import SCHEDULERS
     from ditcache.graphs.registry import MODELS
 
     p.add_argument("--num-samples", type=int, required=True, help="N: samples 0..N-1")
@@ -360,7 +360,7 @@ class Runner:
 def load_runner(cfg: GenerateConfig, job: Dist) -> Runner:
     import torch
 
-    from ditcache.compiler.runner import eager_dispatcher, plan_for
+    from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for
     from ditcache.graphs.schedule import full_schedule, load_schedule
 
     schedule = load_schedule(cfg.schedule) if cfg.schedule else None
@@ -429,7 +429,7 @@ class ImageDecoder:
     def __call__(self, latents) -> np.ndarray:
         import torch
 
-        from ditcache.compiler.images import decode, to_uint8
+        from ditcache.images import decode, to_uint8
 
         if not self.spec.latent:
             return to_uint8(decode(latents, self.spec))
@@ -554,8 +554,8 @@ def merge(out: Path, spec, images: bool, run_hash: str, total_chunks: int, chunk
 # ---- per-rank work -----------------------------------------------------------------------------------
 def _sample_chunk(runner: Runner, decoder: ImageDecoder, cfg: GenerateConfig, classes: Sequence[int],
                   chunk: int, device: str):
-    from ditcache.compiler.runner import sample_with_plan
-    from ditcache.compiler.sampling import SampleRequest
+    from ditcache.compiler.runtime.runner import sample_with_plan
+    from ditcache.compiler.runtime.sampling import SampleRequest
 
     indices = chunk_range(chunk, runner.chunk_size, cfg.num_samples)
     batch = range(indices.start, indices.start + runner.chunk_size) if runner.pad else indices

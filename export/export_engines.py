@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-import ditcache
+from importlib.metadata import version as _package_version
 from ditcache.compiler.backend import BuildSettings, GraphSpec, get_backend, require
 from ditcache.compiler.graph_specs import plan_graphs
 from ditcache.graphs import costs_for, parts_for
@@ -24,6 +24,7 @@ from .manifest import FORMAT_VERSION, MANIFEST_NAME, ArtifactRecord, Manifest
 from .store import artifact_dir, artifact_key, commit, remove_stale, staging_dir, verify
 from .validate import validate
 
+DITCACHE_VERSION = _package_version("ditcache")
 DEFAULT_GRANULARITY = {"tensorrt": "segment"}  # TensorRT cannot share weights between engines
 
 
@@ -132,7 +133,7 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
     load_time = set(getattr(backend, "runtime_options", ()))  # e.g. threads: no effect on the artifact
     keyed = settings.to_dict()
     keyed["options"] = {k: v for k, v in keyed["options"].items() if k not in load_time}
-    identity = {"format": FORMAT_VERSION, "ditcache": ditcache.__version__, "model": spec.name,
+    identity = {"format": FORMAT_VERSION, "ditcache": DITCACHE_VERSION, "model": spec.name,
                 "config": dict(spec.config), "weights_sha256": weights.sha256, "backend": backend.name,
                 "settings": keyed, "versions": versions}
     records: dict[str, ArtifactRecord] = {}
@@ -181,7 +182,7 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
         corrections = {"file": target.name, "sha256": sha256_file(target)}
     manifest = Manifest(
         format_version=FORMAT_VERSION,
-        ditcache_version=ditcache.__version__,
+        ditcache_version=DITCACHE_VERSION,
         model={"name": spec.name, "config": dict(spec.config), "weights_sha256": weights.sha256,
                "weights_source": weights.source, "random_weights": weights.random, "resolution": spec.image_size},
         schedule=plan.schedule,

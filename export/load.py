@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from ditcache.compiler.adapters import segment_fns, variant_fn
+from ditcache.compiler.runtime.adapters import segment_fns, variant_fn
 from ditcache.compiler.backend import BuildSettings, GraphSpec, TensorSpec, get_backend, require
-from ditcache.compiler.dispatcher import Dispatcher
+from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.graph_specs import plan_graphs
 from ditcache.graphs import parts_for
 from ditcache.graphs.plan import Plan

@@ -48,7 +48,7 @@ def pixart_model(pixart_spec):
 @pytest.fixture(scope="session")
 def pixart_prompts():
     """Prompt embeddings for pixart-tiny (2 images, 8 tokens of 32 channels), padded masks, one shared negative."""
-    from ditcache.compiler.prompts import PromptEmbeddings
+    from ditcache.compiler.runtime.prompts import PromptEmbeddings
 
     gen = torch.Generator().manual_seed(3)
     return PromptEmbeddings(torch.randn(2, 8, 32, generator=gen), torch.tensor([[1] * 5 + [0] * 3, [1] * 8]),

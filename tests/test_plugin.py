@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import ditcache
-from ditcache.compiler import SampleRequest
-from ditcache.compiler.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.sampling import SampleRequest
+from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
 from ditcache.graphs import parse_schedule
 
 DELTA = {"kind": "delta-dit", "steps": 6, "boundary": 3, "interval": 2, "cached_blocks": 2}
@@ -17,7 +17,7 @@ DELTA = {"kind": "delta-dit", "steps": 6, "boundary": 3, "interval": 2, "cached_
 def pipe(tiny_model, tiny_spec):
     from diffusers import AutoencoderKL, DiTPipeline
 
-    from ditcache.compiler.sampling import make_scheduler
+    from ditcache.compiler.runtime.sampling import make_scheduler
 
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import ditcache
-from ditcache.compiler import SampleRequest
-from ditcache.compiler.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.sampling import SampleRequest
+from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
 from ditcache.graphs import parse_schedule
 
 pytest.importorskip("transformers", reason="diffusers' PixArtAlphaPipeline needs transformers")
@@ -20,7 +20,7 @@ DELTA = {"kind": "delta-dit", "steps": 6, "boundary": 3, "interval": 2, "cached_
 def pipe(pixart_model, pixart_spec):
     from diffusers import AutoencoderKL, PixArtAlphaPipeline
 
-    from ditcache.compiler.sampling import make_scheduler
+    from ditcache.compiler.runtime.sampling import make_scheduler
 
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4,
@@ -81,7 +81,7 @@ def test_micro_conditions_pass_through(pixart_prompts):
     """A 1024-MS-style model: resolution and aspect ratio arrive in added_cond_kwargs and become graph inputs."""
     from types import SimpleNamespace
 
-    from ditcache.compiler.sampling import make_scheduler
+    from ditcache.compiler.runtime.sampling import make_scheduler
     from ditcache.graphs import get_spec, load_model
     from ditcache.plugin import CachedDenoiser
 

@@ -17,8 +17,8 @@ import torch
 
 from ditcache import sharded
 from ditcache.cli import build_parser, main
-from ditcache.compiler.runner import eager_dispatcher, sample_with_plan
-from ditcache.compiler.sampling import SampleRequest
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
+from ditcache.compiler.runtime.sampling import SampleRequest
 from ditcache.graphs import get_spec, load_model
 from ditcache.graphs.schedule import full_schedule
 

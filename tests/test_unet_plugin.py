@@ -9,10 +9,10 @@ import torch
 pytest.importorskip("transformers", reason="a StableDiffusionPipeline needs transformers' CLIPTextModel")
 
 import ditcache  # noqa: E402
-from ditcache.compiler import SampleRequest  # noqa: E402
-from ditcache.compiler.prompts import PromptEmbeddings  # noqa: E402
-from ditcache.compiler.runner import eager_dispatcher, plan_for, sample_with_plan  # noqa: E402
-from ditcache.compiler.sampling import make_scheduler  # noqa: E402
+from ditcache.compiler.runtime.sampling import SampleRequest  # noqa: E402
+from ditcache.compiler.runtime.prompts import PromptEmbeddings  # noqa: E402
+from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan  # noqa: E402
+from ditcache.compiler.runtime.sampling import make_scheduler  # noqa: E402
 from ditcache.graphs import get_spec, load_model, parse_schedule  # noqa: E402
 
 STEPS = 5

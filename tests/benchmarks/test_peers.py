@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ditcache.benchmarks import peers
-from ditcache.compiler.runner import plan_for
-from ditcache.compiler.sampling import SampleRequest
+from ditcache.compiler.runtime.runner import plan_for
+from ditcache.compiler.runtime.sampling import SampleRequest
 from ditcache.graphs import costs_for, parse_schedule
 from ditcache.graphs.registry import get_spec
 from ditcache.graphs.weights import load_model

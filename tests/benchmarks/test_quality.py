@@ -157,7 +157,7 @@ def test_eval_quality_rejects_unknown_schedules(tmp_path, capsys):
 
 def test_every_schedule_builds_a_plan_with_the_expected_speedup():
     from ditcache.benchmarks import eval_quality
-    from ditcache.compiler.runner import plan_for
+    from ditcache.compiler.runtime.runner import plan_for
     from ditcache.graphs import costs_for, get_spec
 
     spec = get_spec("dit-fmnist")

@@ -16,7 +16,7 @@ needs_schedules = pytest.mark.skipif(
 @needs_schedules
 def test_unet_schedules_build_plans_at_their_targets():
     from ditcache.benchmarks import eval_quality
-    from ditcache.compiler.runner import plan_for
+    from ditcache.compiler.runtime.runner import plan_for
     from ditcache.graphs import costs_for, get_spec
 
     table, out = eval_quality.MODELS["unet-fmnist"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ditcache.cli import main
-from ditcache.compiler import SampleRequest, model_denoiser, sample
-from ditcache.compiler.calibration import ChangeCurves, calibrate, relative_l1
-from ditcache.compiler.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
+from ditcache.compiler.calibration.curves import ChangeCurves, calibrate, relative_l1
+from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
 from ditcache.graphs import ScheduleError, get_spec, load_schedule
 from ditcache.graphs.auto_schedule import plan_for_threshold, threshold_for_target
 
@@ -119,7 +119,7 @@ def test_curves_file_roundtrip_and_plot(tmp_path, curves):
     assert json.loads((tmp_path / "c.json").read_text())["format"] == "ditcache-curves/1"
     assert ChangeCurves.load(tmp_path / "c.json").mean == curves.mean
     pytest.importorskip("matplotlib", reason="plots need the bench extra")
-    from ditcache.compiler.calibration import plot_curves
+    from ditcache.compiler.calibration.curves import plot_curves
 
     plot_curves(curves, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 1000

@@ -7,9 +7,9 @@ import dataclasses
 import torch
 
 from ditcache.cli import main
-from ditcache.compiler import model_denoiser, sample
-from ditcache.compiler.correction_fit import calibration_request, fit_corrections, least_squares_affine
-from ditcache.compiler.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.sampling import model_denoiser, sample
+from ditcache.compiler.calibration.correction_fit import calibration_request, fit_corrections, least_squares_affine
+from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
 from ditcache.graphs import load_schedule, parse_schedule
 
 SCHEDULE = {"kind": "block-cache", "steps": 8, "recompute": {1: [0, 4], 2: [0, 3, 6], 3: [0]}}

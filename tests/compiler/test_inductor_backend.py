@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditcache.compiler import SampleRequest
-from ditcache.compiler.runner import eager_dispatcher, sample_with_plan
+from ditcache.compiler.runtime.sampling import SampleRequest
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.export.export_engines import ExportRequest, export_engines
 from ditcache.export.load import load_engines
 from ditcache.graphs import get_spec, load_model
@@ -48,7 +48,7 @@ def test_inductor_plans(tmp_path, kind, granularity):
 
 def test_inductor_options_are_checked():
     from ditcache.compiler.backend import BuildSettings
-    from ditcache.compiler.inductor_backend import InductorBackend
+    from ditcache.compiler.backends.inductor import InductorBackend
 
     backend = InductorBackend()
     assert "cuda" in backend.unavailable_reason(BuildSettings(options={"cuda_graphs": True}))

@@ -11,13 +11,13 @@ import torch
 pytest.importorskip("onnx", reason="the onnxruntime backend needs `pip install ditcache[onnx]`")
 pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs `pip install ditcache[onnx]`")
 
-from ditcache.compiler.adapters import segment_fns, variant_fn  # noqa: E402
+from ditcache.compiler.runtime.adapters import segment_fns, variant_fn  # noqa: E402
 from ditcache.compiler.backend import BackendUnavailable, BuildSettings, get_backend, require  # noqa: E402
-from ditcache.compiler.dispatcher import Dispatcher  # noqa: E402
-from ditcache.compiler.eager import eager_variants  # noqa: E402
+from ditcache.compiler.runtime.dispatcher import Dispatcher  # noqa: E402
+from ditcache.compiler.runtime.interpreter import eager_variants  # noqa: E402
 from ditcache.compiler.graph_specs import plan_graphs  # noqa: E402
-from ditcache.compiler.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
-from ditcache.compiler.sampling import model_denoiser  # noqa: E402
+from ditcache.compiler.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from ditcache.compiler.runtime.sampling import model_denoiser  # noqa: E402
 from ditcache.graphs import parse_schedule  # noqa: E402
 from ditcache.graphs.variants import build_segments  # noqa: E402
 

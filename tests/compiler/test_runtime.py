@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditcache.compiler import Dispatcher, SampleRequest, eager_variants, model_denoiser, sample
-from ditcache.compiler.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.dispatcher import Dispatcher
+
+from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
+
+from ditcache.compiler.runtime.interpreter import eager_variants
+from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
 from ditcache.graphs import full_schedule, parse_schedule
 
 
@@ -23,7 +27,7 @@ def tiny_vae():
 def test_full_schedule_equals_dit_pipeline(tiny_model, tiny_spec, tiny_vae, scheduler):
     from diffusers import DiTPipeline
 
-    from ditcache.compiler.sampling import make_scheduler
+    from ditcache.compiler.runtime.sampling import make_scheduler
 
     steps, classes, seed = 6, [3, 999], 11
     pipe = DiTPipeline(transformer=tiny_model, vae=tiny_vae, scheduler=make_scheduler(scheduler, tiny_spec.scheduler_config))
@@ -106,7 +110,7 @@ def test_other_schedulers_run(tiny_model, tiny_spec, scheduler):
 
 
 def test_sample_seeds_make_images_independent_of_batching(tiny_model, tiny_spec):
-    from ditcache.compiler.sampling import initial_noise
+    from ditcache.compiler.runtime.sampling import initial_noise
 
     noise = initial_noise(tiny_spec, SampleRequest((1, 2, 3), 3, sample_seeds=(7, 8, 9)))
     torch.testing.assert_close(noise[1:2], initial_noise(tiny_spec, SampleRequest((2,), 3, sample_seeds=(8,))),

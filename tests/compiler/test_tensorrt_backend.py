@@ -13,7 +13,7 @@ import torch
 
 from ditcache.compiler.backend import BackendUnavailable, BuildSettings, GraphSpec, TensorSpec, get_backend
 from ditcache.compiler.graph_specs import plan_graphs
-from ditcache.compiler.tensorrt_backend import (
+from ditcache.compiler.backends.tensorrt import (
     EngineIncompatible,
     TensorRTBackend,
     TensorRTOptions,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditcache.compiler import SampleRequest, model_denoiser, sample
-from ditcache.compiler.prompts import PromptEmbeddings, encode_prompts
-from ditcache.compiler.runner import eager_dispatcher, plan_for, sample_with_plan
-from ditcache.compiler.sampling import make_scheduler
+from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
+from ditcache.compiler.runtime.prompts import PromptEmbeddings, encode_prompts
+from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.sampling import make_scheduler
 from ditcache.graphs import full_schedule, get_spec, load_model, parse_schedule
 
 DELTA = {"kind": "delta-dit", "steps": 6, "boundary": 3, "interval": 2, "cached_blocks": 2}

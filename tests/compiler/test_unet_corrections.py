@@ -7,12 +7,12 @@ import dataclasses
 
 import torch
 
-from ditcache.compiler import SampleRequest
-from ditcache.compiler.correction_fit import calibration_request, fit_corrections, least_squares_affine
-from ditcache.compiler.correction_train import train_corrections
-from ditcache.compiler.dispatcher import Dispatcher
-from ditcache.compiler.eager import eager_variants
-from ditcache.compiler.sampling import model_denoiser, sample
+from ditcache.compiler.runtime.sampling import SampleRequest
+from ditcache.compiler.calibration.correction_fit import calibration_request, fit_corrections, least_squares_affine
+from ditcache.compiler.calibration.correction_train import train_corrections
+from ditcache.compiler.runtime.dispatcher import Dispatcher
+from ditcache.compiler.runtime.interpreter import eager_variants
+from ditcache.compiler.runtime.sampling import model_denoiser, sample
 from ditcache.graphs import get_spec, load_model, parse_schedule, parts_for
 
 SCHEDULE = {"kind": "block-cache", "steps": 5, "recompute": {0: [0, 2], 1: [0], 4: [0, 3]}}  # 64, 128, 64 channels

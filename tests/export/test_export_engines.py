@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ditcache.compiler import SampleRequest
+from ditcache.compiler.runtime.sampling import SampleRequest
 from ditcache.compiler.backend import BackendUnavailable
-from ditcache.compiler.runner import eager_dispatcher, sample_with_plan
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.export.export_engines import ExportRequest, export_engines
 from ditcache.export.load import load_engines
 from ditcache.export.manifest import MANIFEST_NAME, ManifestError
@@ -64,7 +64,7 @@ def test_loaded_engines_sample_like_the_eager_runtime(tmp_path, schedule_file, g
 
 
 def test_interrupted_export_does_not_load_and_resumes(tmp_path, schedule_file, monkeypatch):
-    from ditcache.compiler import eager
+    from ditcache.compiler.backends import eager
 
     export(tmp_path, schedule_file)
     calls = {"n": 0}

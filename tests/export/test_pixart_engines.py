@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from ditcache.compiler import SampleRequest
-from ditcache.compiler.runner import eager_dispatcher, sample_with_plan
+from ditcache.compiler.runtime.sampling import SampleRequest
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.export.export_engines import ExportRequest, export_engines
 from ditcache.export.load import load_engines
 from ditcache.export.manifest import MANIFEST_NAME

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ditcache.cli import main
-from ditcache.compiler import SampleRequest, model_denoiser, sample
-from ditcache.compiler.calibration import calibrate
-from ditcache.compiler.prompts import PromptEmbeddings
-from ditcache.compiler.runner import eager_dispatcher, sample_with_plan
+from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
+from ditcache.compiler.calibration.curves import calibrate
+from ditcache.compiler.runtime.prompts import PromptEmbeddings
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.export.export_engines import ExportRequest, export_engines
 from ditcache.export.load import load_engines
 from ditcache.graphs import costs_for, get_spec, load_model, load_schedule, parts_for

@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ditcache.compiler.dispatcher import Dispatcher
-from ditcache.compiler.eager import eager_variants
+from ditcache.compiler.runtime.dispatcher import Dispatcher
+from ditcache.compiler.runtime.interpreter import eager_variants
 from ditcache.graphs import DiTParts, dit_costs, get_spec, parse_schedule
 from ditcache.graphs.weights import build_model
 

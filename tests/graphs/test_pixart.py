@@ -204,7 +204,7 @@ def test_pixart_schedulers_match_the_reference_settings():
     1e-4..0.02); its LCM inference script uses ``LCMScheduler(beta_start=0.0001, beta_end=0.02, "linear",
     "epsilon")`` with 50 original (training) steps and c_skip/c_out at t/0.1, i.e. timestep_scaling 10.
     """
-    from ditcache.compiler.sampling import make_scheduler
+    from ditcache.compiler.runtime.sampling import make_scheduler
 
     lcm = make_scheduler("lcm", get_spec("pixart-lcm-1024").scheduler_config)
     assert (lcm.config.beta_start, lcm.config.beta_end, lcm.config.beta_schedule) == (1e-4, 0.02, "linear")

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from ditcache.compiler.dispatcher import Dispatcher
-from ditcache.compiler.eager import eager_variants
+from ditcache.compiler.runtime.dispatcher import Dispatcher
+from ditcache.compiler.runtime.interpreter import eager_variants
 from ditcache.graphs import PlanError, UNetParts, VariantModule, get_spec, parse_schedule
 from ditcache.graphs.plan import CacheRange, Plan
 from ditcache.graphs.registry import at_resolution

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditcache.compiler.dispatcher import Dispatcher
-from ditcache.compiler.eager import eager_variants
+from ditcache.compiler.runtime.dispatcher import Dispatcher
+from ditcache.compiler.runtime.interpreter import eager_variants
 from ditcache.graphs import UNetParts, get_spec, parse_schedule, unet_costs
 from ditcache.graphs.plan import CacheRange, Plan
 from ditcache.graphs.registry import at_resolution

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditcache.compiler.dispatcher import Dispatcher
-from ditcache.compiler.eager import eager_variants
+from ditcache.compiler.runtime.dispatcher import Dispatcher
+from ditcache.compiler.runtime.interpreter import eager_variants
 from ditcache.graphs import VariantModule, parse_schedule
 from ditcache.graphs.variants import variant_input_names
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import BuildSettings, FlatFn, GraphSpec
+from ditcache.compiler.backend import BuildSettings, FlatFn, GraphSpec
 
 DEFAULT_MODE = None  # inductor's default; "max-autotune-no-cudagraphs" is an option
 GRAPH_LIMIT = 256  # every variant/segment module shares one forward code object: allow that many graphs

@@ -16,8 +16,8 @@ from ditcache.graphs.registry import ModelSpec
 from ditcache.graphs.schedule import CURVES_FORMAT
 from ditcache.graphs.segments import block_modules
 
-from .atomic import atomic_path, write_atomic
-from .sampling import SampleRequest, model_denoiser, sample
+from ditcache.compiler.atomic import atomic_path, write_atomic
+from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
 
 
 @dataclass

@@ -14,9 +14,9 @@ from ditcache.graphs.plan import Plan
 from ditcache.graphs.registry import ModelSpec
 from ditcache.graphs.schedule import Schedule
 
-from .dispatcher import Dispatcher
-from .eager import eager_variants
-from .sampling import SampleRequest, sample
+from ditcache.compiler.runtime.dispatcher import Dispatcher
+from ditcache.compiler.runtime.interpreter import eager_variants
+from ditcache.compiler.runtime.sampling import SampleRequest, sample
 
 
 def plan_for(schedule: Schedule, spec: ModelSpec) -> Plan:

@@ -10,8 +10,8 @@ import torch
 
 from ditcache.graphs.registry import ModelSpec
 
-from .conditioning import Conditioning, conditioning_for
-from .prompts import PromptEmbeddings
+from ditcache.compiler.runtime.conditioning import Conditioning, conditioning_for
+from ditcache.compiler.runtime.prompts import PromptEmbeddings
 
 SCHEDULERS = ("ddim", "dpm++", "euler", "ddpm", "lcm")
 

@@ -43,8 +43,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .atomic import atomic_path, write_atomic
-from .backend import BackendUnavailable, BuildSettings, FlatFn, GraphSpec, TensorSpec, require
+from ditcache.compiler.atomic import atomic_path, write_atomic
+from ditcache.compiler.backend import BackendUnavailable, BuildSettings, FlatFn, GraphSpec, TensorSpec, require
 
 ROUTES = ("onnx", "dynamo")
 DEFAULT_ROUTE = "onnx"
@@ -195,7 +195,7 @@ def match_names(kind: str, engine_names: Sequence[str], wanted: Sequence[str], g
 
 def _file_output_names(graph: GraphSpec) -> tuple[str, ...]:
     """Output names as the ONNX export writes them (``h`` -> ``h_out`` where an input is called ``h``)."""
-    from . import onnxruntime_backend
+    from ditcache.compiler.backends import onnxruntime as onnxruntime_backend
 
     rename = getattr(onnxruntime_backend, "onnx_output_names", None)
     return tuple(rename(graph)) if rename is not None else graph.output_names
@@ -383,7 +383,7 @@ class TensorRTBackend:
 
     def _export_onnx(self, graph: GraphSpec, settings: BuildSettings, options: TensorRTOptions,
                      directory: Path) -> list[Path]:
-        from . import onnxruntime_backend
+        from ditcache.compiler.backends import onnxruntime as onnxruntime_backend
 
         export_settings = BuildSettings(settings.precision, settings.device, dict(options.export))
         export = getattr(onnxruntime_backend, "export_onnx", None)  # a public helper, if it grows one

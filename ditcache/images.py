@@ -10,7 +10,7 @@ import torch
 
 from ditcache.graphs.registry import ModelSpec
 
-from .atomic import atomic_path
+from ditcache.compiler.atomic import atomic_path
 
 
 def decode(latents: torch.Tensor, spec: ModelSpec, vae_path: str | os.PathLike | None = None) -> torch.Tensor | None:

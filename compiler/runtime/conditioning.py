@@ -16,7 +16,7 @@ import torch
 
 from ditcache.graphs.registry import ModelSpec
 
-from .prompts import PromptEmbeddings
+from ditcache.compiler.runtime.prompts import PromptEmbeddings
 
 
 class Conditioning(Protocol):

@@ -10,9 +10,9 @@ from ditcache.graphs.plan import Plan, Variant
 from ditcache.graphs.segments import Segment
 from ditcache.graphs.variants import cache_input_name
 
-from .backend import FlatFn, GraphSpec
-from .dispatcher import VariantFn
-from .eager import segment_variant_fn
+from ditcache.compiler.backend import FlatFn, GraphSpec
+from ditcache.compiler.runtime.dispatcher import VariantFn
+from ditcache.compiler.runtime.interpreter import segment_variant_fn
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "int64": torch.int64, "int32": torch.int32}

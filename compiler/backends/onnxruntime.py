@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .backend import BuildSettings, FlatFn, GraphSpec
+from ditcache.compiler.backend import BuildSettings, FlatFn, GraphSpec
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",

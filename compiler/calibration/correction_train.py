@@ -5,7 +5,7 @@ Only the scale/shift tensors are trained (the model's weights stay frozen). Each
 batch once along the *cached, corrected* trajectory; at every step that replays something, the full model is
 run on the same input (the teacher) and the mean squared error between the two outputs' noise channels is
 back-propagated into that step's scale/shift. Caches are detached, so a step's loss trains only that step's
-corrections — the same credit assignment as the closed-form fit (compiler/correction_fit.py), but judged on
+corrections — the same credit assignment as the closed-form fit (compiler/calibration/correction_fit.py), but judged on
 the denoiser's output instead of each block's own output. After the epoch one Adam step updates all of them.
 """
 
@@ -24,9 +24,9 @@ from ditcache.graphs.plan import Plan
 from ditcache.graphs.registry import ModelSpec
 from ditcache.graphs.variants import build_segments
 
-from .dispatcher import Dispatcher, VariantFn
-from .eager import segment_variant_fn
-from .sampling import SampleRequest, model_denoiser, sample
+from ditcache.compiler.runtime.dispatcher import Dispatcher, VariantFn
+from ditcache.compiler.runtime.interpreter import segment_variant_fn
+from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from ditcache.graphs.corrections import identity_corrections, range_channel_shap
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.registry import ModelSpec
 
-from .atomic import atomic_path
-from .dispatcher import Dispatcher
-from .eager import eager_variants
-from .sampling import SampleRequest, sample
+from ditcache.compiler.atomic import atomic_path
+from ditcache.compiler.runtime.dispatcher import Dispatcher
+from ditcache.compiler.runtime.interpreter import eager_variants
+from ditcache.compiler.runtime.sampling import SampleRequest, sample
 
 
 def least_squares_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6,
