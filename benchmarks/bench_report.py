@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping
 
 from ditcache.compiler.atomic import atomic_path, write_atomic, write_json_atomic
 
+from ditcache.benchmarks.plots import pyplot
+
 # Columns of results.csv, in order; results.json rows carry these and a few lists (runs, per-step samples).
 COLUMNS = (
     "id", "status", "kind", "backend", "precision", "schedule", "schedule_kind", "steps", "images", "model_batch",
@@ -359,10 +361,9 @@ COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "bf16": "tab:green"}
 
 def plot_speedup(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     """Measured speedup (vs the same backend+precision full schedule) against the MAC fraction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the speedup plot")
+    if plt is None:
+        return
 
     fig, ax = plt.subplots(figsize=(7, 5))
     points = [r for r in rows if r["status"] == "ok" and r.get("speedup_vs_full") is not None]

@@ -48,6 +48,8 @@ import numpy as np
 
 from ditcache.compiler.atomic import write_atomic
 
+from ditcache.benchmarks.plots import pyplot
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "block_roles_fmnist"
 HF_CUTOFF = 0.25  # cycles / pixel
@@ -274,10 +276,9 @@ def _figures(images: dict[str, np.ndarray], stats: dict[str, Any], out: Path, ti
     save_png(grid(to_uint8(torch.from_numpy(tiles.astype(np.float32))), columns=len(cols)), out / "samples.png",
              scale=3)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the block-role plot")
+    if plt is None:
+        return
 
     configs = [k for k in images if k != "full"]
     panels = [("sobel_avg_gradient", "Sobel avg gradient\nchange vs full (%)", True),

@@ -38,6 +38,7 @@ from ditcache.compiler.atomic import write_atomic
 
 from .eval_quality import REPO_ROOT, SCHEDULES, machine_info, per_image_psnr, per_sample_cosine
 from .peers import CACHE_DIT_METHODS, FAMILIES, METHODS, cache_dit_unavailable
+from .plots import pyplot
 
 _TOP = {"name", "description", "model", "weights", "random_weights", "steps", "scheduler", "guidance", "seed",
         "threads", "quality", "timing", "compile", "calibration", "row_timeout_s", "rows"}
@@ -438,10 +439,9 @@ STYLES = {"ditcache": ("tab:blue", "o"), "diffusers FirstBlockCache": ("tab:oran
 def plot_pareto(record: dict[str, Any], path: Path) -> None:
     """Quality vs measured speedup for every method: FID (if measured) and PSNR vs measured eager speedup; compiled
     speedups as open markers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the pareto plot")
+    if plt is None:
+        return
 
     rows = [r for r in record["rows"] if r["eager_speedup"] is not None]
     if record.get("random_weights"):  # no meaningful quality: how much of the skipped compute turns into time

@@ -74,6 +74,8 @@ import torch  # noqa: E402
 
 from ditcache.compiler.atomic import write_atomic  # noqa: E402
 
+from ditcache.benchmarks.plots import pyplot  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "quality_fmnist"
 MODEL = "dit-fmnist"  # the default --model
@@ -318,10 +320,9 @@ def class_grid(images: np.ndarray, n_classes: int, per_class: int) -> np.ndarray
 
 
 def plot_fid_vs_macs(rows: list[dict[str, Any]], floor: float | None, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the FID plot")
+    if plt is None:
+        return
 
     styles = {"full": ("k", "*"), "delta-dit": ("tab:blue", "o"), "delta-dit, measured b": ("tab:cyan", "o"),
               "block-cache": ("tab:green", "s"), "block-cache + closed-form s/s": ("tab:olive", "D"),

@@ -59,6 +59,8 @@ import numpy as np
 
 from ditcache.compiler.atomic import atomic_path
 
+from ditcache.benchmarks.plots import pyplot
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUT_DIR = str(REPO_ROOT / "graphs" / "weights" / "dit-fmnist")
@@ -221,12 +223,8 @@ def load_ema_checkpoint(model, out_dir: str) -> tuple[int, dict]:
 
 
 def plot_losses(csv_path: Path, png_path: Path, title: str = "DiT (12x128, p4) on Fashion-MNIST") -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing; skipping plot (pip install matplotlib)", flush=True)
+    plt = pyplot("the loss curve")
+    if plt is None:
         return
     rows = list(csv.DictReader(open(csv_path)))
     if not rows:
@@ -288,10 +286,8 @@ def sample_grid(model_dir: str, results_dir: str, guidance: float = 4.0, steps: 
         grid[:, i * (H + gap): i * (H + gap) + H] = big
     out = Path(results_dir) / f"samples_{step_tag}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    plt = pyplot("the labelled sample strip (saved unlabelled)")
+    if plt is not None:
         fig, ax = plt.subplots(figsize=(n * 1.3, 1.9))
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([i * (H + gap) + H / 2 for i in range(n)])
@@ -301,7 +297,7 @@ def sample_grid(model_dir: str, results_dir: str, guidance: float = 4.0, steps: 
         fig.tight_layout()
         fig.savefig(out, dpi=100)
         plt.close(fig)
-    except ImportError:
+    else:
         from PIL import Image
         Image.fromarray(grid).save(out)
     return out
