@@ -262,8 +262,16 @@ MD_HEADER = ("row", "status", "steps", "latency s: median (min–max)", "build /
              "PSNR vs stock dB")
 
 
+def markdown_grid(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    """A markdown table of already formatted cells (pipes and newlines escaped)."""
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(MD_HEADER) + " |", "|" + "|".join("---" for _ in MD_HEADER) + "|"]
+    table = []
     for r in rows:
         ok = r["status"] == "ok"
         steps = r.get("per_step_median_ms") or {}
@@ -289,8 +297,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             _fmt(r.get("psnr_vs_full_db"), ".2f"), _fmt(r.get("cosine_vs_full"), ".6f"),
             _fmt(r.get("psnr_vs_stock_db"), ".2f"),
         ]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return markdown_grid(MD_HEADER, table)
 
 
 def headline(rows: list[dict[str, Any]]) -> list[str]:

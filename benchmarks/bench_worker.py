@@ -185,12 +185,10 @@ def prompts_for(row: RowSpec, spec):
 
 
 class StockRunner(_Runner):
-    """diffusers' DiTPipeline (PixArtAlphaPipeline for text-conditioned models, StableDiffusionPipeline for U-Nets),
-    eager, from the same denoiser weights and a make_scheduler scheduler."""
+    """The family's own diffusers pipeline (its record's ``stock``: DiTPipeline, PixArtAlphaPipeline,
+    StableDiffusionPipeline), eager, from the same denoiser weights and a make_scheduler scheduler."""
 
     def __init__(self, row: RowSpec, spec, schedule, dtype: torch.dtype):
-        from diffusers import DiTPipeline
-
         from ditcache.compiler.runtime.sampling import make_scheduler
         from ditcache.graphs.weights import load_model
 
@@ -205,19 +203,8 @@ class StockRunner(_Runner):
         self.vae = LatentCaptureVAE().to(row.device)
         scheduler = make_scheduler(row.scheduler, spec.scheduler_config)
         self.prompts = prompts_for(row, spec)
-        if spec.family == "unet":  # text encoder and safety checker left out: prompts come as embeddings
-            from diffusers import StableDiffusionPipeline
-
-            self.pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=None, tokenizer=None, unet=model,
-                                                scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                                requires_safety_checker=False)
-        elif self.prompts is not None:
-            from diffusers import PixArtAlphaPipeline
-
-            self.pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=self.vae, transformer=model,
-                                            scheduler=scheduler)
-        else:
-            self.pipe = DiTPipeline(transformer=model, vae=self.vae, scheduler=scheduler)
+        self.stock = spec.family_record.stock
+        self.pipe = self.stock.build(model, self.vae, scheduler)  # text encoders left out: prompts are embeddings
         self.pipe.set_progress_bar_config(disable=True)
         self._seconds: list[float] = []
         self._start = 0.0
@@ -244,34 +231,13 @@ class StockRunner(_Runner):
                               "padded to the model's token count; no text encoder): timing only")
 
     def _call(self, steps: int) -> torch.Tensor:
-        if self.prompts is not None:
-            return self._call_text(steps)
-        if self.spec.null_class != 1000:
-            raise ValueError(f"DiTPipeline hard-codes the null class 1000; {self.spec.name} has {self.spec.null_class}")
+        """One pipeline call on the row's class labels or prompt embeddings; the final latents."""
+        inputs = self.stock.call_inputs(self.spec, tuple(self.row.class_labels), self.prompts, self.row.guidance)
         generator = torch.Generator(device="cpu").manual_seed(self.row.seed)
         with torch.no_grad():
-            self.pipe(class_labels=list(self.row.class_labels), guidance_scale=self.row.guidance,
-                      generator=generator, num_inference_steps=steps, output_type="pt")
-        return self.vae.last
-
-    def _call_text(self, steps: int) -> torch.Tensor:
-        """PixArtAlphaPipeline (StableDiffusionPipeline) on the row's prompt embeddings; output_type='latent'
-        returns the latents."""
-        p = self.prompts
-        negative = p.negatives() if self.row.guidance > 1 else (None, None)
-        generator = torch.Generator(device="cpu").manual_seed(self.row.seed)
-        if self.spec.family == "unet":  # StableDiffusionPipeline: no attention masks, no resolution binning
-            with torch.no_grad():
-                out = self.pipe(prompt_embeds=p.embeds, negative_prompt_embeds=negative[0],
-                                guidance_scale=self.row.guidance, generator=generator, num_inference_steps=steps,
-                                output_type="latent")
-            return out.images
-        with torch.no_grad():
-            out = self.pipe(negative_prompt=None, prompt_embeds=p.embeds, prompt_attention_mask=p.mask,
-                            negative_prompt_embeds=negative[0], negative_prompt_attention_mask=negative[1],
-                            guidance_scale=self.row.guidance, generator=generator, num_inference_steps=steps,
-                            output_type="latent", use_resolution_binning=False)
-        return out.images
+            out = self.pipe(**inputs, guidance_scale=self.row.guidance, generator=generator,
+                            num_inference_steps=steps)
+        return out.images if self.stock.returns_latents else self.vae.last
 
     def warmup(self, mode: str) -> None:
         # PixArtAlphaPipeline's one-step path indexes the scheduler output as LCM's: warm up with two steps
@@ -419,7 +385,8 @@ def phase_build(job: dict) -> dict:
 def phase_run(job: dict) -> dict:
     """Load, warm up, timed runs; final latents to ``job['latents_file']``."""
     from ditcache.compiler.backend import BuildSettings
-    from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for
+    from ditcache.compiler.runtime.runner import eager_dispatcher
+    from ditcache.graphs.planning import plan_for
 
     row = RowSpec.from_dict(job["row"])
     if row.threads:

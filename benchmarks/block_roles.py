@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     training = Path(info.source).parent / "training.json"
     if training.is_file():
         weights["step"] = json.loads(training.read_text()).get("step")
-    from ditcache.compiler.runtime.runner import plan_for
+    from ditcache.graphs.planning import plan_for
     from ditcache.graphs import full_schedule
 
     plans = {"full": plan_for(full_schedule(STEPS), spec)}

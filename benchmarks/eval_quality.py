@@ -73,6 +73,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ditcache.compiler.atomic import write_atomic  # noqa: E402
+from ditcache.compiler.runtime.seeds import sample_seed  # noqa: E402 (block_roles and peer_worker import it from here)
 
 from ditcache.benchmarks.plots import pyplot  # noqa: E402
 
@@ -147,11 +148,6 @@ CSV_FIELDS = ["schedule", "family", "cache", "params", "n", "fid", "fid_boot_std
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def sample_seed(global_seed: int, index: int) -> int:
-    """Seed of sample ``index``: independent of batching and of the schedule."""
-    return int(np.random.SeedSequence([global_seed, index]).generate_state(1)[0])
-
-
 def balanced_classes(n: int, num_classes: int = 10) -> list[int]:
     return [i % num_classes for i in range(n)]
 
@@ -175,13 +171,12 @@ def machine_info() -> dict[str, Any]:
 
 def params_text(schedule, plan) -> str:
     """The schedule's parameters in a few words (Δ-DiT: b, N, Nc; block caching: δ and blocks computed)."""
-    p = schedule.params
     if schedule.kind == "full":
         return "-"
     if schedule.kind == "delta-dit":
-        return f"b={p['boundary']} N={p['interval']} Nc={p['cached_blocks']}"
+        return f"b={schedule.boundary} N={schedule.interval} Nc={schedule.cached_blocks}"
     computed = sum(plan.blocks_computed(s) for s in range(plan.num_steps))
-    delta = f"δ={p['threshold']:.4g}, " if p.get("threshold") is not None else ""
+    delta = f"δ={schedule.threshold:.4g}, " if schedule.threshold is not None else ""
     return f"{delta}{computed}/{plan.num_steps * plan.num_blocks} block-steps computed"
 
 
@@ -245,7 +240,7 @@ def spec_scheduler_config(model: str = MODEL) -> dict[str, Any]:
 
 
 def work_key(name: str, plan, info, args, fid_info: dict | None) -> str:
-    corrections = plan.schedule.get("scale_shift")  # the plan names the file; its content counts too
+    corrections = plan.corrections  # the plan names the file; its content counts too
     payload = {"v": 2, "name": name, "plan": plan.hash(), "weights": info.sha256, "n": args.n, "seed": args.seed,
                "guidance": args.guidance, "steps": STEPS, "scheduler": SCHEDULER, "torch": torch.__version__,
                "scheduler_config": dict(spec_scheduler_config(getattr(args, "model", MODEL))),
@@ -471,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     table, default_out = MODELS[args.model]  # the chosen model's schedules
     args.out = args.out or str(default_out)
     from ditcache.images import save_png
-    from ditcache.compiler.runtime.runner import plan_for
     from ditcache.graphs import costs_for, get_spec, load_model
+    from ditcache.graphs.planning import plan_for
     from ditcache.graphs.schedule import ScheduleError
 
     out_stream = sys.stderr if args.json else sys.stdout
@@ -502,10 +497,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         schedules = {name: load_entry(name, table[name][1]) for name in names}  # only those asked for
+        plans = {name: plan_for(schedule, spec, sampler=SCHEDULER, guidance=args.guidance)
+                 for name, schedule in schedules.items()}
     except ScheduleError as exc:
         log(f"error: {exc}")
         return 2
-    plans = {name: plan_for(schedule, spec) for name, schedule in schedules.items()}
     if args.n < 2:
         log("error: --n must be >= 2 (FID needs a covariance)")
         return 2

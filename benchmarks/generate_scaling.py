@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ditcache.compiler.atomic import write_atomic
+from ditcache.compiler.runtime.seeds import SEED_RULE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "generate_scaling_cpu"
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-weights", action="store_true", help="timing only (tests)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
+    results = Path(args.out)
+    results.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the runs
 
     generate = ["--model", args.model, "--schedule", args.schedule, "--guidance", str(args.guidance),
                 "--num-samples", str(args.num_samples), "--chunk-size", str(args.chunk_size), "--quiet"]
@@ -123,18 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         f"- **machine**: {cpu_name()}, {os.cpu_count()} cores; load average after the runs {loadavg[0]:.2f}",
         f"- **work**: {args.model}, {args.schedule}, guidance {args.guidance}, {args.num_samples} samples in chunks "
         f"of {args.chunk_size}, eager dispatcher, CPU, gloo",
-        f"- **same images**: all runs wrote the same sample file (sha256 {runs[0]['sha256'][:16]}…)",
+        f"- **same images**: all runs wrote the same sample file (sha256 {runs[0]['sha256'][:16]}…; sample i's "
+        f"noise seed: `{SEED_RULE}`)",
         "- images/s = images / the slowest rank's sampling time (weight loading and the merge excluded; "
         "`process_wall_s` in results.json includes them)",
         "",
         table(runs, reference),
         "",
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for name, text in (("results.md", "\n".join(header)),
                        ("results.json", json.dumps({"runs": runs, "reference_images_per_s": reference}, indent=2))):
-        write_atomic(out / name, text)
+        write_atomic(results / name, text)
     print("\n".join(header))
     return 0
 

@@ -337,25 +337,22 @@ def _cache_dit_method(name: str, model: nn.Module, spec, steps: int, params: dic
 
 
 def _ditcache_method(name: str, model: nn.Module, spec, schedule, compiled: bool) -> Method:
-    from ditcache.compiler.runtime.dispatcher import Dispatcher
-    from ditcache.compiler.runtime.interpreter import eager_variants
-    from ditcache.compiler.runtime.runner import corrections_for, plan_for
+    from ditcache.compiler.runtime.build import build_dispatcher
     from ditcache.graphs import parts_for
+    from ditcache.graphs.planning import plan_for
 
     plan = plan_for(schedule, spec)
     parts = parts_for(model, spec)
     if compiled:  # the inductor backend as export-engines runs it by default: one compiled graph per variant
-        from ditcache.compiler.runtime.adapters import variant_fn
         from ditcache.compiler.backend import BuildSettings, get_backend
         from ditcache.compiler.graph_specs import plan_graphs
 
         backend, settings = get_backend("inductor"), BuildSettings("fp32", "cpu")
         graphs = {g.name: g for g in plan_graphs(parts, plan, "variant", 1, torch.float32)}  # shapes: at 1st call
-        variants = {v.name: variant_fn(backend.load(graphs[f"variant.{v.name}"], settings, []),
-                                       graphs[f"variant.{v.name}"], v) for v in plan.variants}
+        flats = {n: backend.load(g, settings, []) for n, g in graphs.items()}
+        dispatcher = build_dispatcher(plan, parts=parts, flats=flats, graphs=graphs, granularity="variant")
     else:
-        variants = eager_variants(parts, plan)
-    dispatcher = Dispatcher(plan, variants, corrections_for(plan, spec, parts))
+        dispatcher = build_dispatcher(plan, parts=parts)
     notes = ["ditcache's inductor backend at its default variant granularity (torch.compile(fullgraph=True, "
              "dynamic=False) of each step variant, as export-engines --backend inductor)"] if compiled else []
     return Method(name, "ditcache", dispatcher, dispatcher.reset, lambda: None, notes=notes)

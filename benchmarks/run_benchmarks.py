@@ -50,13 +50,14 @@ def _progress(message: str, quiet: bool) -> None:
 
 # ---- subprocesses -----------------------------------------------------------------------------------------
 def run_worker(phase: str, job: dict[str, Any], work: Path, timeout: float, prefix: str, quiet: bool,
-               env: dict[str, str] | None = None) -> dict[str, Any]:
-    """One worker process; its ``bench:`` lines become progress, everything goes to ``<work>/<phase>.log``."""
+               env: dict[str, str] | None = None, module: str = "ditcache.benchmarks.bench_worker") -> dict[str, Any]:
+    """One worker process (``python -m <module> --phase ...``); its ``bench:`` lines become progress, everything
+    goes to ``<work>/<phase>.log``."""
     work.mkdir(parents=True, exist_ok=True)
     job_file, result_file, log_file = work / f"{phase}.job.json", work / f"{phase}.result.json", work / f"{phase}.log"
     result_file.unlink(missing_ok=True)
     job_file.write_text(json.dumps(job, indent=2, default=str))
-    command = [sys.executable, "-m", "ditcache.benchmarks.bench_worker", "--phase", phase, "--job", str(job_file),
+    command = [sys.executable, "-m", module, "--phase", phase, "--job", str(job_file),
                "--result", str(result_file)]
     start = time.perf_counter()
     with open(log_file, "w") as log:
@@ -124,7 +125,7 @@ def availability(row: RowSpec) -> str | None:
 
 def plan_numbers(cfg: BenchConfig, row: RowSpec) -> dict[str, Any]:
     """MACs and theoretical speedup of the row's plan (analytic, no model needed)."""
-    from ditcache.compiler.runtime.runner import plan_for
+    from ditcache.graphs.planning import plan_for
     from ditcache.graphs import costs_for
     from ditcache.graphs.registry import at_resolution, get_spec
 

@@ -121,15 +121,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ditcache.compiler.calibration.curves import calibrate
+    from ditcache.compiler.calibration.curves import calibrate, save_curves
     from ditcache.compiler.runtime.sampling import SampleRequest
     from ditcache.graphs import get_spec, load_model, parts_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = get_spec(args.model)
-    if spec.family != "unet":
-        parser.error(f"{spec.name} is not a U-Net")
+    if not hasattr(spec.family_record.parts, "resnet_modules"):  # the curves compare attention layers with resnets
+        parser.error(f"{spec.name} is not a U-Net (its {spec.family} decomposition has no resnets to compare)")
     model, info = load_model(spec, args.weights, random_weights=args.random_weights)
     parts = parts_for(model, spec)
     attention, resnets = parts.block_modules(), parts.resnet_modules()
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     curves.meta.update(labels=labels, kinds=kinds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    curves.save(out / "curves_by_type.json")
+    save_curves(curves, out / "curves_by_type.json")
     summary = summarize(curves.mean, kinds, args.steps)
     title = (f"{spec.name} ({info.source.split('/')[-2] if '/' in info.source else info.source}), "
              f"{args.steps} {args.scheduler} steps, guidance {args.guidance}, {curves.count} samples")

@@ -9,7 +9,9 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+from ditcache.graphs.dtypes import PRECISION_DTYPES, dtype_name, precision_dtype
+
+PRECISIONS = tuple(PRECISION_DTYPES)
 GRANULARITIES = ("variant", "segment")
 
 # flat callable: positional tensors in GraphSpec.input_names order -> tuple in output_names order
@@ -30,7 +32,7 @@ class TensorSpec:
 
     @classmethod
     def of(cls, name: str, tensor: torch.Tensor) -> "TensorSpec":
-        return cls(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+        return cls(name, tuple(tensor.shape), dtype_name(tensor.dtype))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
@@ -45,6 +47,8 @@ class GraphSpec:
         module: flat-signature module (None when only loading a prebuilt artifact).
         inputs, outputs: names, static shapes (batch counts the CFG doubling) and dtypes.
         example_inputs: tensors of those shapes, for tracing and validation.
+        weight_names: every name under which ``module`` reaches a model tensor -> the model's FQN of it (the key
+            of the directory's shared weights file; see compiler.shared_weights).
     """
 
     name: str
@@ -52,6 +56,7 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     example_inputs: tuple[torch.Tensor, ...] = field(default=(), repr=False)
+    weight_names: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -81,14 +86,20 @@ class BuildSettings:
 
     @property
     def dtype(self) -> torch.dtype:
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+        return precision_dtype(self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         return {"precision": self.precision, "device": self.device, "options": dict(sorted(self.options.items()))}
 
 
 class Backend(Protocol):
-    """A way to run graphs. Backends with on-disk artifacts write them in :meth:`build`."""
+    """A way to run graphs. Backends with on-disk artifacts write them in :meth:`build`.
+
+    Optional attributes: ``runtime_options`` (option names that only matter at load: kept out of artifact keys) and
+    ``shared_weights`` (None, or ``"model"``: the graphs keep no weights of their own; export writes the model's
+    tensors once to the directory's weights file and ``build``/``load`` get a ``weights=SharedWeights`` keyword,
+    ``"own"``: likewise, and the backend also writes its own shared file(s) into ``weights.folder``).
+    """
 
     name: str
     writes_artifacts: bool
@@ -100,16 +111,19 @@ class Backend(Protocol):
         """Library versions that an artifact depends on (checked when loading)."""
 
     def build(self, graph: GraphSpec, settings: BuildSettings, directory: Path) -> list[Path]:
-        """Compile ``graph``; write artifact files into ``directory`` and return them (none for JIT backends)."""
+        """Compile ``graph``; write artifact files into ``directory`` and return them (none for JIT backends).
+        Backends with ``shared_weights`` also take ``weights=``."""
 
     def load(self, graph: GraphSpec, settings: BuildSettings, files: Sequence[Path]) -> FlatFn:
-        """A callable running the graph (from the files, or from ``graph.module`` for JIT backends)."""
+        """A callable running the graph (from the files, or from ``graph.module`` for JIT backends).
+        Backends with ``shared_weights`` also take ``weights=`` (one object for all graphs of a directory)."""
 
 
 # name -> "module:Class" inside ditcache.compiler, imported only when asked for
 _BUILTIN = {
     "eager": "backends.eager:EagerBackend",
-    "inductor": "backends.inductor:InductorBackend",
+    "inductor": "backends.inductor_aot:InductorAOTBackend",
+    "inductor-jit": "backends.inductor:InductorJITBackend",
     "onnxruntime": "backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "backends.tensorrt:TensorRTBackend",
 }

@@ -16,6 +16,7 @@ from ditcache.graphs.variants import (
 )
 
 from ditcache.compiler.backend import GRANULARITIES, GraphSpec, TensorSpec
+from ditcache.compiler.shared_weights import weight_names
 
 
 class TupleOutputs(nn.Module):
@@ -57,7 +58,7 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def _spec(name: str, module: nn.Module, input_names: tuple[str, ...], output_names: tuple[str, ...],
-          example: tuple[torch.Tensor, ...]) -> GraphSpec:
+          example: tuple[torch.Tensor, ...], parts: DenoiserParts) -> GraphSpec:
     device = _device_of(module)
     example = tuple(t.to(device) for t in example)
     with torch.no_grad():
@@ -68,6 +69,7 @@ def _spec(name: str, module: nn.Module, input_names: tuple[str, ...], output_nam
         inputs=tuple(TensorSpec.of(n, t) for n, t in zip(input_names, example)),
         outputs=tuple(TensorSpec.of(n, t) for n, t in zip(output_names, outs)),
         example_inputs=example,
+        weight_names=weight_names(module, getattr(parts, "model", None)),
     )
 
 
@@ -83,7 +85,7 @@ def variant_graph(parts: DenoiserParts, plan: Plan, variant: Variant, batch: int
         values[scale_name(n)] = (1 + 0.1 * torch.randn(channel_shape_at(parts, block), generator=gen)).to(dtype)
         values[shift_name(n)] = (0.1 * torch.randn(channel_shape_at(parts, block), generator=gen)).to(dtype)
     example = tuple(values[n] for n in module.input_names)
-    return _spec(f"variant.{variant.name}", module, module.input_names, module.output_names, example)
+    return _spec(f"variant.{variant.name}", module, module.input_names, module.output_names, example, parts)
 
 
 def chain_values(parts: DenoiserParts, segments: dict[str, Segment], batch: int, dtype: torch.dtype,
@@ -119,7 +121,7 @@ def segment_graph(parts: DenoiserParts, segment: Segment, batch: int, dtype: tor
                              f"from chain_values (plan_graphs does)")
     example = tuple(values[n] for n in segment.inputs)
     outputs = tuple(f"{n}_out" if n in segment.inputs else n for n in segment.outputs)  # graph names are unique
-    return _spec(f"segment.{segment.name}", TupleOutputs(segment.module), segment.inputs, outputs, example)
+    return _spec(f"segment.{segment.name}", TupleOutputs(segment.module), segment.inputs, outputs, example, parts)
 
 
 def plan_graphs(parts: DenoiserParts, plan: Plan, granularity: str, batch: int, dtype: torch.dtype) -> list[GraphSpec]:

@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 # public name -> module that defines it (loaded on first attribute access)
 _LAZY = {
     "apply": "ditcache.plugin",
+    "BlockCacheConfig": "ditcache.graphs.configs",
+    "DeltaDiTConfig": "ditcache.graphs.configs",
+    "FullConfig": "ditcache.graphs.configs",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -13,10 +11,12 @@ import numpy as np
 import torch
 import yaml
 
+from ditcache.compiler.atomic import write_atomic, write_json_atomic
 from ditcache.images import cosine, decode, grid, psnr, save_png, to_uint8
-from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.compiler.runtime.sampling import SampleRequest
 from ditcache.graphs import costs_for, full_schedule, get_spec, load_model, parse_schedule
+from ditcache.graphs.planning import plan_for
 
 DEMO_MODEL = "dit-fmnist"
 DEMO_SCHEDULE = {"kind": "delta-dit", "steps": 20, "boundary": 10, "interval": 2, "cached_blocks": 8,
@@ -55,8 +55,8 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     schedule_file = out / "schedule.yaml"
-    schedule_file.write_text("# the demo's Δ-DiT schedule (= schedules/fmnist-delta-20.yaml)\n"
-                             + yaml.safe_dump(DEMO_SCHEDULE, sort_keys=False))
+    write_atomic(schedule_file, "# the demo's Δ-DiT schedule (= schedules/fmnist-delta-20.yaml)\n"
+                 + yaml.safe_dump(DEMO_SCHEDULE, sort_keys=False))
     schedule = parse_schedule(DEMO_SCHEDULE, source=str(schedule_file))
     request = SampleRequest(tuple(range(spec.num_classes)), schedule.steps, 4.0, args.seed, "ddim")
     costs = costs_for(spec, request.model_batch)
@@ -92,9 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
               "export_s": report.seconds, "rebuilt": report.rebuilt,
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads()}
-    tmp = out / "demo.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=list))
-    os.replace(tmp, out / "demo.json")
+    write_json_atomic(out / "demo.json", record, default=list)
     print(f"\nwrote {out / 'full_vs_cached.png'} (top row: eager full, bottom row: {compiled_name}, compiled) and "
           f"{out / 'demo.json'}")
     return 0

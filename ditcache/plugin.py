@@ -11,14 +11,18 @@ import torch
 from torch import nn
 
 from ditcache.compiler.backend import BuildSettings, get_backend, require
-from ditcache.compiler.runtime.adapters import segment_fns, variant_fn
-from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.graph_specs import plan_graphs
-from ditcache.graphs import costs_for, parts_for
+from ditcache.compiler.runtime.build import build_dispatcher
+from ditcache.compiler.runtime.dispatcher import Dispatcher
+from ditcache.graphs import parts_for
+from ditcache.graphs.configs import BlockCacheConfig, DeltaDiTConfig, FullConfig, ScheduleConfig
+from ditcache.graphs.dtypes import precision_of
 from ditcache.graphs.plan import Plan
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.registry import ModelSpec, spec_for_config
 from ditcache.graphs.schedule import Schedule, load_schedule, parse_schedule
-from ditcache.graphs.variants import build_segments
+
+CONFIGS_TUPLE = (DeltaDiTConfig, BlockCacheConfig, FullConfig)
 
 
 class CachedDenoiser(nn.Module):
@@ -134,12 +138,17 @@ def denoiser_attribute(pipe) -> str:
     return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
 
 
-def _as_schedule(schedule: str | Path | Schedule | Mapping[str, Any]) -> Schedule:
+def _as_schedule(schedule: "str | Path | Schedule | ScheduleConfig | Mapping[str, Any]") -> Schedule:
     if isinstance(schedule, Schedule):
         return schedule
+    if isinstance(schedule, CONFIGS_TUPLE):
+        return schedule.to_schedule()
     if isinstance(schedule, Mapping):
         return parse_schedule(schedule)
-    return load_schedule(schedule)
+    if isinstance(schedule, (str, Path)):
+        return load_schedule(schedule)
+    raise TypeError(f"schedule must be a schedule.yaml path, a mapping, a Schedule or a config (DeltaDiTConfig, "
+                    f"BlockCacheConfig, FullConfig), got {type(schedule).__name__}")
 
 
 def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = None,
@@ -150,12 +159,15 @@ def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = N
     Args:
         pipe: the pipeline; only ``pipe.transformer`` (``pipe.unet``) is replaced (and ``scheduler.set_timesteps``
             wrapped to reset caches at the start of every run and refuse a step count the schedule was not made for).
-        schedule: schedule.yaml path, a mapping, or a :class:`Schedule`.
-        backend: ``eager`` or ``inductor`` compile in process from ``pipe.transformer`` (per input shape, on
-            first use); ``onnxruntime`` and ``tensorrt`` run prebuilt engines: pass ``engines``.
-        engines: engine directory from ``export-engines`` (checked against the schedule and the batch).
+        schedule: a config (:class:`DeltaDiTConfig`, :class:`BlockCacheConfig`, :class:`FullConfig`), a
+            schedule.yaml path, a mapping, or a :class:`Schedule`.
+        backend: ``eager`` or ``inductor-jit`` compile in process from ``pipe.transformer`` (per input shape, on
+            first use); ``inductor`` (AOTInductor packages), ``onnxruntime`` and ``tensorrt`` run prebuilt engines:
+            pass ``engines``.
+        engines: engine directory from ``export-engines`` (checked against the schedule; any batch size runs, in
+            chunks of the engines' batch).
         granularity: ``variant`` or ``segment`` for in-process backends.
-        options: backend options (e.g. ``{"cuda_graphs": True}`` for inductor on CUDA).
+        options: backend options (e.g. ``{"cuda_graphs": True}`` for inductor-jit on CUDA).
 
     Returns:
         a :class:`CacheHandle`; ``handle.remove()`` or ``with apply(...):`` restores the pipeline.
@@ -163,18 +175,25 @@ def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = N
     Example::
 
         pipe = DiTPipeline.from_pretrained("path/to/DiT-XL-2-256")
-        with ditcache.apply(pipe, "schedules/dit-xl-delta-20.yaml", backend="inductor"):
+        with ditcache.apply(pipe, "schedules/dit-xl-delta-20.yaml", backend="inductor-jit"):
+            images = pipe(class_labels=[207], num_inference_steps=20).images
+
+        config = ditcache.DeltaDiTConfig(steps=20, interval=2, cached_blocks=21, boundary=10)
+        with ditcache.apply(pipe, config):
             images = pipe(class_labels=[207], num_inference_steps=20).images
     """
     original = getattr(pipe, denoiser_attribute(pipe))
     if isinstance(original, CachedDenoiser):
         raise ValueError("ditcache is already applied to this pipeline; call remove() on its handle first")
     spec = spec_for_config(original.config)
-    plan = _as_schedule(schedule).to_plan(spec.num_blocks, costs_for(spec))
+    schedule = _as_schedule(schedule)
+    plan = plan_for(schedule, spec)
     chosen = get_backend(backend)
     if chosen.writes_artifacts and engines is None:
         raise ValueError(f"backend {backend!r} runs prebuilt engines: export them with `ditcache export-engines "
-                         f"--backend {backend}` and pass engines=DIR (or use backend='eager'/'inductor')")
+                         f"--backend {backend}` and pass engines=DIR (or use backend='eager'/'inductor-jit')")
+
+    engines_loaded = []  # the directory, loaded once: every input shape gets its own Dispatcher (caches) over it
 
     def build(inputs: Mapping[str, torch.Tensor]) -> Dispatcher:
         hidden_states = inputs["x"]
@@ -184,32 +203,20 @@ def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = N
         if engines is not None:
             from ditcache.export.load import load_engines
 
-            loaded = load_engines(engines, schedule=_as_schedule(schedule))
-            if loaded.manifest.batch["model_batch"] != hidden_states.shape[0]:
-                raise ValueError(f"engines in {engines} were built for a model batch of "
-                                 f"{loaded.manifest.batch['model_batch']}, the pipeline calls with "
-                                 f"{hidden_states.shape[0]}; export with the matching --batch-size")
+            if not engines_loaded:
+                engines_loaded.append(load_engines(engines, schedule=schedule))
+            loaded = engines_loaded[0]  # any batch: its dispatcher runs other sizes in chunks of the engines' batch
             if loaded.spec.text_length != call_spec.text_length:
                 raise ValueError(f"engines in {engines} were built for {loaded.spec.text_length} text tokens, the "
                                  f"pipeline calls with {call_spec.text_length}; call it with "
                                  f"max_sequence_length={loaded.spec.text_length}")
-            return loaded.dispatcher
-        settings = BuildSettings("fp32" if original.dtype == torch.float32 else
-                                 {torch.float16: "fp16", torch.bfloat16: "bf16"}[original.dtype],
-                                 hidden_states.device.type, dict(options or {}))
+            shared = loaded.dispatcher  # stateless variants: a Dispatcher of this shape's own over them
+            return Dispatcher(shared.plan, shared.variants, shared.corrections, shared.sync)
+        settings = BuildSettings(precision_of(original.dtype), hidden_states.device.type, dict(options or {}))
         require(chosen, settings)
         parts = parts_for(original.eval(), call_spec)
         graphs = {g.name: g for g in plan_graphs(parts, plan, granularity, hidden_states.shape[0], original.dtype)}
         flats = {name: chosen.load(g, settings, []) for name, g in graphs.items()}
-        if granularity == "variant":
-            fns = {v.name: variant_fn(flats[f"variant.{v.name}"], graphs[f"variant.{v.name}"], v) for v in plan.variants}
-        else:
-            fns = segment_fns(plan, flats, graphs, build_segments(parts, plan))
-        corrections = None
-        if plan.corrected:
-            from ditcache.graphs.corrections import load_corrections, range_channel_shapes
-
-            corrections = load_corrections(plan.schedule["scale_shift"], plan, range_channel_shapes(parts, plan))
-        return Dispatcher(plan, fns, corrections)
+        return build_dispatcher(plan, parts=parts, flats=flats, graphs=graphs, granularity=granularity)
 
     return CacheHandle(pipe, CachedDenoiser(original, plan, build, spec), original)

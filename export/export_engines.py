@@ -14,8 +14,9 @@ import torch
 from importlib.metadata import version as _package_version
 from ditcache.compiler.backend import BuildSettings, GraphSpec, get_backend, require
 from ditcache.compiler.graph_specs import plan_graphs
-from ditcache.graphs import costs_for, parts_for
+from ditcache.graphs import parts_for
 from ditcache.graphs.plan import Plan
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.registry import at_resolution, get_spec
 from ditcache.graphs.schedule import load_schedule
 from ditcache.graphs.weights import load_model, sha256_file
@@ -23,6 +24,7 @@ from ditcache.graphs.weights import load_model, sha256_file
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, ArtifactRecord, Manifest
 from .store import artifact_dir, artifact_key, commit, remove_stale, staging_dir, verify
 from .validate import validate
+from .weights import export_weights, missing_shared, remove_stale_weights
 
 DITCACHE_VERSION = _package_version("ditcache")
 DEFAULT_GRANULARITY = {"tensorrt": "segment"}  # TensorRT cannot share weights between engines
@@ -77,9 +79,10 @@ class ExportReport:
             lines.append(f"{g.name:<44}{g.status:>8}{g.bytes / 2**20:>9.1f}{g.seconds:>9.1f}"
                          f"{v.get('max_abs', float('nan')):>11.2e}{v.get('cosine', float('nan')):>10.6f}")
         total = sum(g.bytes for g in self.graphs)
+        shared = "" if m.weights is None else f" + {m.weights.bytes / 2**20:.1f} MiB of weights, stored once"
         lines.append(
             f"{len(m.variants)} variants, {len(m.artifacts)} graphs ({m.granularity} granularity), "
-            f"{total / 2**20:.1f} MiB on disk, backend {m.backend['name']} {m.backend['settings']['precision']}, "
+            f"{total / 2**20:.1f} MiB on disk{shared}, backend {m.backend['name']} {m.backend['settings']['precision']}, "
             f"model batch {m.batch['model_batch']}; {len(self.rebuilt)} built, "
             f"{len(self.graphs) - len(self.rebuilt)} reused, {self.seconds:.1f} s"
         )
@@ -110,7 +113,7 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
     require(backend, settings)
     granularity = request.granularity or DEFAULT_GRANULARITY.get(backend.name, "variant")
     schedule = load_schedule(request.schedule)
-    plan = schedule.to_plan(spec.num_blocks, costs_for(spec))
+    plan = plan_for(schedule, spec)
     model, weights = load_model(spec, request.weights, request.random_weights)
     if weights.random:
         log(f"WARNING: {spec.name} has RANDOM weights: for timing only")
@@ -128,14 +131,16 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # an interrupted export must not leave a loadable directory
+    shared = export_weights(backend, out, build_model, request.precision, request.device, weights.sha256)
+    with_weights = {} if shared is None else {"weights": shared.shared}  # weights once, for every graph
 
     versions = backend.versions()
     load_time = set(getattr(backend, "runtime_options", ()))  # e.g. threads: no effect on the artifact
     keyed = settings.to_dict()
     keyed["options"] = {k: v for k, v in keyed["options"].items() if k not in load_time}
     identity = {"format": FORMAT_VERSION, "ditcache": DITCACHE_VERSION, "model": spec.name,
-                "config": dict(spec.config), "weights_sha256": weights.sha256, "backend": backend.name,
-                "settings": keyed, "versions": versions}
+                "config": dict(spec.config), "weights_sha256": weights.sha256, "weights_format": weights.format,
+                "backend": backend.name, "settings": keyed, "versions": versions}
     records: dict[str, ArtifactRecord] = {}
     reports: list[GraphReport] = []
     iterator = zip(graphs, references)
@@ -148,12 +153,14 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
                             "program": graph_program(graph, plan)})
         final = artifact_dir(out, graph.name, key)
         previous = _previous_record(final, out)
+        if previous is not None and missing_shared(out, previous):
+            previous = None  # a shared file it references is gone: build it again (which writes that file)
         if previous is not None:
             record, status = previous, "reused"
         else:
             t0 = time.perf_counter()
             tmp = staging_dir(out, graph.name, key)
-            built = backend.build(graph, settings, tmp)
+            built = backend.build(graph, settings, tmp, **with_weights)
             for path in built:
                 if not Path(path).resolve().is_relative_to(tmp.resolve()):
                     raise RuntimeError(f"backend {backend.name} wrote {path} outside its artifact folder")
@@ -162,9 +169,9 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
                      ((p, sha256_file(p)) for p in sorted(tmp.rglob("*")) if p.is_file())}
             record = ArtifactRecord(graph.name, key, {f"artifacts/{k}": v for k, v in files.items()},
                                     [t.to_dict() for t in graph.inputs], [t.to_dict() for t in graph.outputs],
-                                    build_seconds=seconds)
+                                    build_seconds=seconds, shared=shared.files_of(graph.name) if shared else [])
             if request.validate:
-                loaded = backend.load(graph, settings, sorted(tmp.rglob("*")))
+                loaded = backend.load(graph, settings, sorted(tmp.rglob("*")), **with_weights)
                 record.validation = validate(graph, loaded, reference, request.precision).as_dict()
                 if not backend.writes_artifacts:
                     record.build_seconds = time.perf_counter() - t0  # JIT: compile happens on the first call
@@ -178,13 +185,14 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
     corrections = None
     if plan.corrected:
         target = out / "corrections.safetensors"
-        shutil.copyfile(plan.schedule["scale_shift"], target)
+        shutil.copyfile(plan.corrections, target)
         corrections = {"file": target.name, "sha256": sha256_file(target)}
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         ditcache_version=DITCACHE_VERSION,
         model={"name": spec.name, "config": dict(spec.config), "weights_sha256": weights.sha256,
-               "weights_source": weights.source, "random_weights": weights.random, "resolution": spec.image_size},
+               "weights_source": weights.source, "weights_format": weights.format, "random_weights": weights.random,
+               "resolution": spec.image_size},
         schedule=plan.schedule,
         schedule_hash=artifact_key(plan.schedule),
         plan=plan.to_dict(),
@@ -195,9 +203,10 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
         variants=_variant_graphs(plan, granularity, graphs),
         artifacts=records,
         corrections=corrections,
+        weights=shared.layout(out, records) if shared else None,
     )
     keep = {artifact_dir(out, r.graph, r.key).name for r in records.values()}
-    removed = remove_stale(out, keep)
+    removed = remove_stale(out, keep) + remove_stale_weights(out, manifest.weights)
     manifest.write(out)
     return ExportReport(out, manifest, reports, removed, time.perf_counter() - start)
 

@@ -9,12 +9,14 @@ from typing import Any
 
 import torch
 
-from ditcache.compiler.runtime.adapters import segment_fns, variant_fn
 from ditcache.compiler.backend import BuildSettings, GraphSpec, TensorSpec, get_backend, require
+from ditcache.compiler.runtime.build import build_dispatcher
 from ditcache.compiler.runtime.dispatcher import Dispatcher
+from ditcache.compiler.shared_weights import WEIGHTS_FOLDER, SharedWeights
 from ditcache.compiler.graph_specs import plan_graphs
 from ditcache.graphs import parts_for
 from ditcache.graphs.plan import Plan
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.registry import ModelSpec, at_resolution, get_spec
 from ditcache.graphs.schedule import Schedule
 from ditcache.graphs.variants import build_segments
@@ -22,6 +24,7 @@ from ditcache.graphs.weights import load_model
 
 from .manifest import Manifest, ManifestError
 from .store import verify
+from .weights import read_model_weights
 
 
 @dataclass
@@ -38,19 +41,24 @@ class LoadedEngines:
 def check_request(manifest: Manifest, *, schedule: Schedule | None = None, images: int | None = None,
                   guidance: bool | None = None, precision: str | None = None, weights_sha256: str | None = None,
                   backend: str | None = None) -> None:
-    """Raise ManifestError naming the first field of the request that the directory was not built for."""
+    """Raise ManifestError naming the first field of the request that the directory was not built for.
+
+    ``images`` is never refused for its count: the dispatcher runs any batch in chunks of the engines' own
+    (compiler.runtime.chunking); only a count below 1 is.
+    """
     m = manifest
     checks: list[tuple[str, Any, Any, str]] = []
     if schedule is not None:
-        asked = json.loads(json.dumps(schedule.to_plan(m.plan["num_blocks"]).schedule, sort_keys=True))
-        if asked != m.schedule:
-            keys = sorted(k for k in set(asked) | set(m.schedule) if asked.get(k) != m.schedule.get(k))
-            detail = ", ".join(f"{k}: built {m.schedule.get(k)!r}, asked {asked.get(k)!r}" for k in keys)
+        spec = at_resolution(get_spec(m.model["name"]), m.model["resolution"])
+        asked = json.loads(json.dumps(plan_for(schedule, spec).schedule, sort_keys=True))  # refuses a misfit too
+        built = m.schedule
+        if asked != built:
+            keys = sorted(k for k in set(asked) | set(built) if asked.get(k) != built.get(k))
+            detail = ", ".join(f"{k}: built {built.get(k)!r}, asked {asked.get(k)!r}" for k in keys)
             raise ManifestError(f"engine directory was built for another schedule ({detail}); "
                                 f"export again with this --schedule")
-    if images is not None:
-        checks.append(("batch size", images, m.batch["images"], f"sample {m.batch['images']} images per call or "
-                                                                "export with --batch-size"))
+    if images is not None and images < 1:
+        raise ManifestError(f"a request samples at least 1 image (got {images})")
     if guidance is not None:
         checks.append(("classifier-free guidance", guidance, m.batch["cfg"],
                        "export with matching guidance (the model batch differs)"))
@@ -80,6 +88,15 @@ def _check_integrity(directory: Path, manifest: Manifest) -> Plan:
         problem = verify(directory, {manifest.corrections["file"]: manifest.corrections["sha256"]})
         if problem:
             raise ManifestError(f"{directory}: corrections: {problem}; re-run export-engines")
+    if manifest.weights is not None:  # once for the directory, however many graphs reference them
+        problem = verify(directory, manifest.weights.files)
+        if problem:
+            raise ManifestError(f"{directory}: shared weights: {problem}; re-run export-engines")
+    for record in manifest.artifacts.values():
+        unknown = [f for f in record.shared if manifest.weights is None or f not in manifest.weights.files]
+        if unknown:
+            raise ManifestError(f"{directory}: artifact {record.graph} references shared weights {unknown} that the "
+                                f"manifest does not record; re-run export-engines")
     return plan
 
 
@@ -126,19 +143,29 @@ def load_engines(directory: str | Path, *, weights: str | None = None, device: s
     parts = None
     if not backend.writes_artifacts:
         parts, graphs = _graphs_from_model(manifest, spec, plan, settings, weights)
-    flats = {name: backend.load(graph, settings, [directory / f for f in manifest.artifacts[name].files])
+    shared = _shared_weights(directory, manifest, settings)
+    with_weights = {} if shared is None else {"weights": shared}  # one copy of the weights for every graph
+    flats = {name: backend.load(graph, settings, [directory / f for f in manifest.artifacts[name].files],
+                                **with_weights)
              for name, graph in graphs.items()}
-    if manifest.granularity == "variant":
-        fns = {v.name: variant_fn(flats[f"variant.{v.name}"], graphs[f"variant.{v.name}"], v) for v in plan.variants}
-    else:
+    segments = None
+    if manifest.granularity == "segment":
         segments = build_segments(parts, plan) if parts is not None else _segment_stubs(plan, graphs)
-        fns = segment_fns(plan, flats, graphs, segments)
-    corrections = None
-    if manifest.corrections:
-        from safetensors.torch import load_file
+    corrections = directory / manifest.corrections["file"] if manifest.corrections else None
+    dispatcher = build_dispatcher(plan, parts=parts, flats=flats, graphs=graphs, granularity=manifest.granularity,
+                                  segments=segments, corrections=corrections, batch=manifest.batch["model_batch"])
+    return LoadedEngines(directory, manifest, spec, plan, dispatcher)
 
-        corrections = load_file(str(directory / manifest.corrections["file"]))
-    return LoadedEngines(directory, manifest, spec, plan, Dispatcher(plan, fns, corrections))
+
+def _shared_weights(directory: Path, manifest: Manifest, settings: BuildSettings) -> SharedWeights | None:
+    """The directory's shared weights (verified with the rest), read at most once, when a graph first asks."""
+    layout = manifest.weights
+    if layout is None:
+        return None
+    source = None
+    if layout.model_file is not None:
+        source = lambda: read_model_weights(directory, layout.model_file, settings.device)  # noqa: E731
+    return SharedWeights(layout.precision, settings.device, source=source, folder=directory / WEIGHTS_FOLDER)
 
 
 def _graphs_from_model(manifest: Manifest, spec: ModelSpec, plan: Plan, settings: BuildSettings, weights: str | None):

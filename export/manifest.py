@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+from ditcache.compiler.atomic import write_atomic
+
+FORMAT_VERSION = 2  # 2: shared weights (``weights``), ``inductor`` names the AOTInductor backend (was the JIT)
 MANIFEST_NAME = "manifest.json"
 
 
@@ -18,7 +19,8 @@ class ManifestError(ValueError):
 
 @dataclass
 class ArtifactRecord:
-    """One compiled graph: its key, files (relative path -> sha256) and signature."""
+    """One compiled graph: its key, files (relative path -> sha256), signature, and the shared weight files it
+    references (relative to the engine directory; checked once for all graphs, see :class:`WeightsLayout`)."""
 
     graph: str
     key: str
@@ -27,11 +29,36 @@ class ArtifactRecord:
     outputs: list[dict[str, Any]]
     build_seconds: float = 0.0
     validation: dict[str, float] = field(default_factory=dict)
+    shared: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WeightsLayout:
+    """Where the graphs' weights live: once per engine directory, shared by every graph that names a file.
+
+    Args:
+        kind: ``model`` (the model's tensors by FQN in ``weights/<precision>.safetensors``; the graphs' constants
+            map onto them) or ``own`` (the backend's own shared files, e.g. ONNX external data, one file per
+            distinct initializer, referenced by every ONNX graph that uses it).
+        precision, dtype: the export precision and the tensors' dtype name.
+        files: relative path -> sha256 of every shared file.
+        model_file: the model weights file (``kind == "model"``), read once at load.
+        bytes: their total size on disk.
+        graphs: the graphs that reference them.
+    """
+
+    kind: str
+    precision: str
+    dtype: str
+    files: dict[str, str]
+    model_file: str | None = None
+    bytes: int = 0
+    graphs: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Manifest:
-    """What ``export-engines`` wrote (DESIGN.md, "Manifest")."""
+    """What ``export-engines`` wrote (docs/engines.md lists the fields)."""
 
     format_version: int
     ditcache_version: str
@@ -46,17 +73,14 @@ class Manifest:
     variants: dict[str, list[str]]  # variant -> graphs it runs (one, or the segment chain)
     artifacts: dict[str, ArtifactRecord]
     corrections: dict[str, str] | None = None  # {"file": relative path, "sha256": ...} for corrected plans
+    weights: WeightsLayout | None = None  # shared weights (backends whose graphs keep none of their own)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     def write(self, directory: Path) -> None:
         """Write atomically: the manifest appears only when complete."""
-        tmp = directory / (MANIFEST_NAME + ".tmp")
-        tmp.write_text(self.to_json())
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, directory / MANIFEST_NAME)
+        write_atomic(Path(directory) / MANIFEST_NAME, self.to_json())
 
     @classmethod
     def read(cls, directory: Path) -> "Manifest":
@@ -79,6 +103,8 @@ class Manifest:
             )
         try:
             data["artifacts"] = {k: ArtifactRecord(**v) for k, v in data["artifacts"].items()}
+            if data.get("weights") is not None:
+                data["weights"] = WeightsLayout(**data["weights"])
             return cls(**data)
         except (TypeError, KeyError, AttributeError) as exc:
             raise ManifestError(f"{path} is malformed ({exc}); re-run export-engines") from None

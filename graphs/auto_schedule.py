@@ -1,9 +1,9 @@
-"""Block-caching schedules from measured change curves: a threshold δ, or the δ that meets a target."""
+"""Block-caching schedules from measured change curves: a threshold δ, or the δ that meets a target (the file
+is written from a graphs.configs.BlockCacheConfig)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .macs import SegmentCosts
 from .plan import Plan
@@ -34,14 +34,3 @@ def threshold_for_target(mean: Sequence[Sequence[float]], target_speedup: float,
         else:
             low = middle
     return high
-
-
-def schedule_document(curves_path: str | Path, schedule_path: str | Path, steps: int, threshold: float,
-                      cache: str = "offset") -> dict[str, Any]:
-    """A ``block-cache`` schedule.yaml mapping whose ``curves`` path is relative to the schedule file."""
-    import os
-
-    relative = os.path.relpath(Path(curves_path).resolve(), Path(schedule_path).resolve().parent)
-    document: dict[str, Any] = {"kind": "block-cache", "steps": steps, "threshold": float(threshold),
-                                "curves": relative, "cache": cache}
-    return document

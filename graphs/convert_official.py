@@ -1,10 +1,23 @@
-"""Key conversion from the official facebookresearch/DiT checkpoint to diffusers' DiTTransformer2DModel."""
+"""The official facebookresearch/DiT checkpoint in diffusers' DiTTransformer2DModel: key conversion, and the two
+places where diffusers' DiT computes something else than the official models.py (docs/models.md).
+
+- Timestep features: official ``timestep_embedding`` uses the frequencies ``exp(-ln(10000) * i / half)``,
+  diffusers' DiT builds its ``Timesteps`` with ``downscale_freq_shift=1``: ``exp(-ln(10000) * i / (half - 1))``.
+- The MLP's pre-norm: official ``norm2`` has ``eps=1e-6``, diffusers' ``norm3`` takes ``norm_eps`` (default 1e-5).
+
+A model loaded from an official checkpoint is built with ``norm_eps=1e-6`` and its timestep projections set to
+shift 0, so it computes what the official model computes.
+"""
 
 from __future__ import annotations
 
 import re
 
 import torch
+from torch import nn
+
+OFFICIAL_NORM_EPS = 1e-6  # every LayerNorm of the official DiT
+OFFICIAL_FREQ_SHIFT = 0  # the official timestep_embedding divides the exponents by half, not half - 1
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
@@ -92,3 +105,17 @@ def convert_official_state_dict(state: dict[str, torch.Tensor], num_layers: int)
         else:
             raise ValueError(f"official checkpoint key {key!r} has no diffusers counterpart")
     return out
+
+
+def use_official_timestep_embedding(model: nn.Module) -> None:
+    """Set every block's timestep projection of a diffusers DiT to the official frequencies (shift 0), in place.
+
+    Each block's ``norm1.emb`` (CombinedTimestepLabelEmbeddings) owns a ``Timesteps`` module; the tail reuses
+    block 0's, so the decomposition (graphs/dit.py) sees the same embedding as the model's forward.
+    """
+    projections = [block.norm1.emb.time_proj for block in model.transformer_blocks]
+    for projection in projections:
+        if not hasattr(projection, "downscale_freq_shift"):
+            raise ValueError(f"{type(model).__name__}'s timestep projection {type(projection).__name__} has no "
+                             f"downscale_freq_shift; this diffusers version builds DiT differently")
+        projection.downscale_freq_shift = OFFICIAL_FREQ_SHIFT

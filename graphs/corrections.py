@@ -27,22 +27,30 @@ def _shape(channel_shape: ChannelShapes, name: str) -> tuple[int, ...]:
     return tuple(channel_shape[name]) if isinstance(channel_shape, Mapping) else tuple(channel_shape)
 
 
-def load_corrections(path: str | Path, plan: Plan, channel_shape: ChannelShapes) -> dict[str, torch.Tensor]:
+def load_corrections(path: str | Path, plan: Plan, channel_shape: ChannelShapes | None = None) -> dict[str, torch.Tensor]:
     """Read ``scale.<range>`` / ``shift.<range>`` tensors of shape (steps, *channel_shape) for every
-    range the plan replays (``channel_shape`` per range name where widths differ, see :func:`range_channel_shapes`)."""
+    range the plan replays (``channel_shape`` per range name where widths differ, see :func:`range_channel_shapes`;
+    None when the model is not at hand: then only the step count and scale/shift agreement are checked)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise CorrectionsError(f"scale/shift file {str(path)!r} does not exist; make it with "
+                               f"`ditcache fit-correction`") from None
+    except (SafetensorError, OSError) as exc:
+        raise CorrectionsError(f"{path}: not a safetensors file of scale/shift tensors ({exc})") from None
     for r in plan.ranges:
-        expected = (plan.num_steps, *_shape(channel_shape, r.name))
         for kind in ("scale", "shift"):
             key = f"{kind}.{r.name}"
             if key not in tensors:
                 raise CorrectionsError(f"{path}: no {key!r}; refit the correction for this schedule")
-            if tuple(tensors[key].shape) != expected:
-                raise CorrectionsError(
-                    f"{path}: {key!r} has shape {tuple(tensors[key].shape)}, this plan needs {expected}"
-                )
+            shape = tuple(tensors[key].shape)
+            expected = (plan.num_steps, *_shape(channel_shape, r.name)) if channel_shape is not None else \
+                (plan.num_steps, *tuple(tensors[f"scale.{r.name}"].shape)[1:])
+            if shape != expected:
+                raise CorrectionsError(f"{path}: {key!r} has shape {shape}, this plan needs {expected}")
     return tensors
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import ModelSpec
+from .model_spec import ModelSpec
 
 TIME_FREQ_DIM = 256  # sinusoidal timestep features fed to the timestep MLP
 

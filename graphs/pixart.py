@@ -1,4 +1,5 @@
-"""PixArt-α (diffusers PixArtTransformer2DModel) cut into head / blocks[i:j] / tail as pure functions.
+"""The PixArt-α family (diffusers PixArtTransformer2DModel): its named sizes, its record, and its cut into head /
+blocks[i:j] / tail as pure functions.
 
 Unlike DiT, PixArt embeds its conditioning once (adaLN-single): the head computes the patch tokens, the
 timestep embedding (with the 1024-MS micro-conditions), the projected caption tokens and the cross-attention
@@ -7,13 +8,15 @@ bias, and hands them to every block segment and the tail as named values.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from .registry import PIXART_SIZE_INPUTS, PIXART_TEXT_INPUTS, ModelSpec
-from .segments import PatchTokenParts, Segment, block_name
+from .family import Family, StockPipeline, names_class
+from .macs import pixart_costs
+from .model_spec import ModelSpec
+from .segments import PatchTail, PatchTokenParts, Segment
 
 # values the head computes for the blocks and the tail (besides the hidden state "h")
 TEMB = "temb"  # (B, 6D): adaLN-single modulation input of every block
@@ -23,12 +26,9 @@ ENCODER_BIAS = "encoder_bias"  # (B, 1, L): 0 for kept tokens, -10000 for paddin
 
 MASK_BIAS = -10000.0  # diffusers' mask -> bias conversion
 
-
-def uses_additional_conditions(config: Mapping) -> bool:
-    """Whether a PixArtTransformer2DModel config takes resolution / aspect-ratio micro-conditions (as diffusers
-    decides when the config leaves it open: sample size 128, i.e. the 1024-MS models)."""
-    value = config.get("use_additional_conditions")
-    return bool(config.get("sample_size") == 128 if value is None else value)
+PIXART_TEXT_LENGTH = 120  # T5 tokens, padded to max length (PixArtAlphaPipeline's max_sequence_length)
+PIXART_TEXT_INPUTS = ("encoder_hidden_states", "encoder_attention_mask")
+PIXART_SIZE_INPUTS = ("resolution", "aspect_ratio")  # micro-conditions of the 1024-MS models
 
 
 def mask_to_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -76,27 +76,19 @@ class PixArtBlocks(nn.Module):
         return h
 
 
-class PixArtTail(nn.Module):
+class PixArtTail(PatchTail):
     """Final norm with the shared scale/shift table, projection to patches, unpatchify."""
 
     def __init__(self, model: nn.Module):
-        super().__init__()
+        super().__init__(model)
         self.norm_out = model.norm_out
         self.scale_shift_table = model.scale_shift_table
         self.proj_out = model.proj_out
-        self.patch = int(model.config.patch_size)
-        self.out_channels = int(model.out_channels)
-        self.grid = int(model.config.sample_size) // self.patch  # static: no shape arithmetic at run time
 
     def forward(self, h: torch.Tensor, embedded_timestep: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)  # 2 x (B, 1, D)
         h = self.norm_out(h) * (1 + scale) + shift  # (B, T, D)
-        h = self.proj_out(h)  # (B, T, p*p*C)
-        batch = h.shape[0]
-        grid, p, c = self.grid, self.patch, self.out_channels
-        h = h.reshape(batch, grid, grid, p, p, c)  # (B, h, w, p, q, C)
-        h = torch.einsum("nhwpqc->nchpwq", h)  # (B, C, h, p, w, q)
-        return h.reshape(batch, c, grid * p, grid * p)  # (B, C, H, W)
+        return self.unpatchify(self.proj_out(h))  # (B, T, p*p*C) -> (B, C, H, W)
 
 
 class PixArtParts(PatchTokenParts):
@@ -107,8 +99,8 @@ class PixArtParts(PatchTokenParts):
     (B, 2) = (height, width) in pixels and ``aspect_ratio`` (B, 1) = height / width.
     """
 
-    hidden_name = "h"
-    output_name = "out"
+    block_inputs = (TEMB, CONTEXT, ENCODER_BIAS)
+    block_module = PixArtBlocks
 
     def __init__(self, model: nn.Module, spec: ModelSpec):
         if spec.text_length is None:
@@ -128,15 +120,6 @@ class PixArtParts(PatchTokenParts):
                              ("h", TEMB, EMBEDDED_TIMESTEP, CONTEXT, ENCODER_BIAS))
         self._tail = Segment("tail", PixArtTail(model), ("h", EMBEDDED_TIMESTEP), ("out",))
 
-    def head(self) -> Segment:
-        return self._head
-
-    def blocks(self, start: int, end: int) -> Segment:
-        if not 0 <= start < end <= self.num_blocks:
-            raise ValueError(f"block range [{start}, {end}) is outside [0, {self.num_blocks})")
-        return Segment(block_name(start, end), PixArtBlocks(self.model, start, end),
-                       ("h", TEMB, CONTEXT, ENCODER_BIAS), ("h",), start, end)
-
     def example_inputs(self, batch: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Random inputs of the model's shapes (``batch`` counts the CFG doubling); every mask keeps at least its
         first token and pads a random tail, as a tokenizer padding to max length does."""
@@ -154,3 +137,144 @@ class PixArtParts(PatchTokenParts):
             inputs["resolution"] = torch.full((batch, 2), pixels)  # (B, 2) height, width
             inputs["aspect_ratio"] = torch.ones(batch, 1)  # (B, 1)
         return inputs
+
+
+# ---- named sizes ------------------------------------------------------------------------------------------
+# PixArt-α samples with DPM-Solver++ (diffusers' DPMSolverMultistepScheduler defaults: order 2, linear betas
+# 1e-4..0.02 over 1000 steps, the DDPM schedule it was trained with), as PixArtAlphaPipeline's scheduler config.
+PIXART_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+}
+# PixArt-α-LCM: LCMScheduler on the same linear betas, as PixArt's scripts/inference_lcm.py builds it (epsilon,
+# 50 original steps, boundary scalings at t/0.1 = diffusers' timestep_scaling 10), x0 not clipped (diffusers'
+# default). The Hub folder's scheduler_config.json could not be read offline; tests/graphs/test_pixart.py pins
+# these values.
+PIXART_LCM_SCHEDULER_CONFIG: dict[str, Any] = {**PIXART_SCHEDULER_CONFIG, "clip_sample": False}
+SAMPLER, GUIDANCE_SCALE = "dpm++", 4.5  # PixArtAlphaPipeline's defaults
+LCM_SAMPLER, LCM_GUIDANCE_SCALE = "lcm", 0.0  # the LCM distillation runs without guidance
+
+
+def _pixart(sample_size: int, interpolation_scale: float, additional: bool, layers: int = 28, heads: int = 16,
+            head_dim: int = 72, caption_channels: int = 4096) -> dict[str, Any]:
+    """diffusers PixArtTransformer2DModel kwargs (PixArt-alpha/PixArt-XL-2-* transformer configs).
+
+    ``interpolation_scale`` is PixArt's pe_interpolation (256: 0.5, 512: 1, 1024: 2), written into the Hub
+    configs because diffusers' default (``max(sample_size // 64, 1)``) is wrong for 256 px.
+    """
+    return {
+        "num_attention_heads": heads,
+        "attention_head_dim": head_dim,
+        "in_channels": 4,
+        "out_channels": 8,  # learned sigma
+        "num_layers": layers,
+        "cross_attention_dim": heads * head_dim,
+        "attention_bias": True,
+        "sample_size": sample_size,
+        "patch_size": 2,
+        "activation_fn": "gelu-approximate",
+        "num_embeds_ada_norm": 1000,
+        "norm_type": "ada_norm_single",
+        "norm_elementwise_affine": False,
+        "norm_eps": 1e-6,
+        "caption_channels": caption_channels,
+        "interpolation_scale": interpolation_scale,
+        "use_additional_conditions": additional,
+    }
+
+
+def _pixart_spec(name: str, config: dict[str, Any], description: str, hf_repo: str | None = None, lcm: bool = False,
+                 text_length: int = PIXART_TEXT_LENGTH) -> ModelSpec:
+    inputs = PIXART_TEXT_INPUTS + (PIXART_SIZE_INPUTS if config["use_additional_conditions"] else ())
+    return ModelSpec(
+        name, "pixart", config, True, description, hf_repo=hf_repo,
+        scheduler_config=dict(PIXART_LCM_SCHEDULER_CONFIG if lcm else PIXART_SCHEDULER_CONFIG),
+        conditioning_inputs=inputs, text_length=text_length,
+        sampler=LCM_SAMPLER if lcm else SAMPLER, guidance_scale=LCM_GUIDANCE_SCALE if lcm else GUIDANCE_SCALE,
+    )
+
+
+PIXART_MODELS = (
+    _pixart_spec("pixart-256", _pixart(32, 0.5, False), "PixArt-α XL/2 256x256 (611M params, T5 text)",
+                 hf_repo="PixArt-alpha/PixArt-XL-2-256x256"),
+    _pixart_spec("pixart-512", _pixart(64, 1, False), "PixArt-α XL/2 512x512 (611M params, T5 text)",
+                 hf_repo="PixArt-alpha/PixArt-XL-2-512x512"),
+    _pixart_spec("pixart-1024", _pixart(128, 2, True), "PixArt-α XL/2 1024x1024 multi-scale (611M params, T5 text)",
+                 hf_repo="PixArt-alpha/PixArt-XL-2-1024-MS"),
+    _pixart_spec("pixart-lcm-1024", _pixart(128, 2, True),
+                 "PixArt-α-LCM XL/2 1024x1024 (4-step LCM distillation, no guidance)",
+                 hf_repo="PixArt-alpha/PixArt-LCM-XL-2-1024-MS", lcm=True),
+    _pixart_spec("pixart-tiny", _pixart(8, 1, False, layers=4, heads=2, head_dim=24, caption_channels=32),
+                 "tiny PixArt-α for tests (4 blocks, width 48, 32-dim captions, 8 text tokens)", text_length=8),
+    _pixart_spec("pixart-tiny-ms", _pixart(8, 1, True, layers=4, heads=2, head_dim=24, caption_channels=32),
+                 "tiny PixArt-α for tests with the 1024-MS micro-conditions (resolution, aspect ratio)", text_length=8),
+)
+
+# what makes two PixArt configs the same architecture
+_ARCHITECTURE = ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers",
+                 "sample_size", "patch_size", "caption_channels", "interpolation_scale", "use_additional_conditions")
+
+
+def _recognises(config: Mapping[str, Any]) -> bool:
+    """A PixArtTransformer2DModel config: adaLN-single blocks."""
+    return (names_class(config, "PixArtTransformer2DModel", "Transformer2DModel")
+            and config.get("norm_type") == "ada_norm_single")
+
+
+def _spec_for_config(config: Mapping[str, Any], latent: bool = True) -> ModelSpec:
+    """The registered PixArt size of a config (LCM distillations share their base's architecture: the base is
+    taken), else a ``custom`` spec of it; diffusers' size-dependent defaults are filled in as diffusers does."""
+    ours = {k: v for k, v in config.items() if not k.startswith("_")}
+    if ours.get("use_additional_conditions") is None:  # diffusers decides from the size
+        ours["use_additional_conditions"] = ours.get("sample_size") == 128
+    if ours.get("interpolation_scale") is None:
+        ours["interpolation_scale"] = max(int(ours.get("sample_size", 128)) // 64, 1)
+    for spec in PIXART_MODELS:
+        if spec.sampler != LCM_SAMPLER and all(spec.config.get(k) == ours.get(k) for k in _ARCHITECTURE):
+            return spec
+    return _pixart_spec("custom", ours, "PixArt model given by the user")
+
+
+_WEIGHTS_HELP = (
+    "  --weights DIR        a diffusers PixArtTransformer2DModel folder, or a PixArtAlphaPipeline folder with\n"
+    "                       transformer/ (e.g. a local copy of {repo})\n"
+    "  --weights FILE       a .safetensors/.bin file with diffusers PixArt keys\n"
+    "  --random-weights     random initialisation, for timing only (outputs are noise)"
+)
+
+
+# ---- diffusers' PixArtAlphaPipeline, the benchmarks' baseline ----------------------------------------------
+def _stock_inputs(spec: ModelSpec, class_labels: tuple[int, ...], prompts: Any, guidance: float) -> dict[str, Any]:
+    """Prompt embeddings in, latents out, no resolution binning (the graphs are built for one size)."""
+    if prompts is None:
+        raise ValueError(f"PixArtAlphaPipeline takes prompt embeddings; {spec.name} was given none")
+    negative = prompts.negatives() if guidance > 1 else (None, None)
+    return {"negative_prompt": None, "prompt_embeds": prompts.embeds, "prompt_attention_mask": prompts.mask,
+            "negative_prompt_embeds": negative[0], "negative_prompt_attention_mask": negative[1],
+            "output_type": "latent", "use_resolution_binning": False}
+
+
+FAMILY = Family(
+    name="pixart",
+    parts=PixArtParts,
+    costs=pixart_costs,
+    model_class="PixArtTransformer2DModel",
+    models=PIXART_MODELS,
+    num_blocks=lambda config: int(config["num_layers"]),
+    num_classes=lambda config: int(config["num_embeds_ada_norm"]),
+    resolution_step=lambda config: int(config["patch_size"]),
+    recognises=_recognises,
+    spec_for_config=_spec_for_config,
+    weights_help=_WEIGHTS_HELP,
+    stock=StockPipeline(
+        "PixArtAlphaPipeline",
+        components=lambda denoiser, vae, scheduler: {"tokenizer": None, "text_encoder": None, "vae": vae,
+                                                     "transformer": denoiser, "scheduler": scheduler},
+        call_inputs=_stock_inputs,
+        returns_latents=True,
+    ),
+    sampler=SAMPLER,
+    guidance_scale=GUIDANCE_SCALE,
+)

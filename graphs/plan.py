@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .curves import Calibration
 from .macs import SegmentCosts
 
 CACHE_MODES = ("offset", "output")
@@ -75,7 +77,10 @@ class Plan:
         cache: ``offset`` (replay adds the recorded out - in, Δ-Cache) or ``output`` (replay returns the
             recorded output, plain feature caching).
         corrected: replays take per-channel scale/shift inputs (block caching's correction).
-        schedule: the normalized schedule this plan came from.
+        schedule: the normalized schedule this plan came from (what a manifest stores; no paths).
+        corrections: the scale/shift file of a corrected plan (None: the tensors come from elsewhere, e.g. an
+            engine directory's copy, or a fit that is running).
+        calibration: what the schedule's change curves were measured on (None without curves).
     """
 
     num_blocks: int
@@ -84,6 +89,8 @@ class Plan:
     cache: str = "offset"
     corrected: bool = False
     schedule: dict[str, Any] = field(default_factory=dict, compare=False)
+    corrections: Path | None = field(default=None, compare=False)
+    calibration: Calibration | None = field(default=None, compare=False)
 
     @classmethod
     def from_replays(
@@ -94,6 +101,8 @@ class Plan:
         cache: str = "offset",
         corrected: bool = False,
         schedule: dict[str, Any] | None = None,
+        corrections: Path | None = None,
+        calibration: Calibration | None = None,
     ) -> "Plan":
         """Build a plan from the ranges each step replays; records are inferred (only where later used)."""
         if cache not in CACHE_MODES:
@@ -130,7 +139,7 @@ class Plan:
             Variant(tuple(sorted(rep, key=order.get)), tuple(sorted(rec, key=order.get)))
             for rep, rec in zip(replay_sets, record_sets)
         )
-        return cls(num_blocks, ordered, steps, cache, corrected, dict(schedule or {}))
+        return cls(num_blocks, ordered, steps, cache, corrected, dict(schedule or {}), corrections, calibration)
 
     # ---- layout -------------------------------------------------------------------------------
     @property
@@ -214,15 +223,19 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
-        """Inverse of :meth:`to_dict` (what a manifest stores)."""
+        """Inverse of :meth:`to_dict` (what a manifest stores; ``corrections`` stays None: the file is the
+        directory's)."""
         variants = {name: Variant(tuple(v["replay"]), tuple(v["record"])) for name, v in data["variants"].items()}
+        normalized = dict(data["schedule"])
+        calibrated = normalized.get("calibration")
         return cls(
             int(data["num_blocks"]),
             tuple(CacheRange(r["name"], int(r["start"]), int(r["end"])) for r in data["ranges"]),
             tuple(variants[name] for name in data["steps"]),
             data["cache"],
             bool(data["corrected"]),
-            dict(data["schedule"]),
+            normalized,
+            calibration=Calibration.from_dict(calibrated) if calibrated else None,
         )
 
     def hash(self) -> str:

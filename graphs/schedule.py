@@ -1,17 +1,19 @@
-"""schedule.yaml: the one representation of a caching schedule, validated once, turned into a Plan.
+"""schedule.yaml: the one representation of a caching schedule, validated once (graphs.planning turns it into a Plan).
 
-Kinds and keys (unknown keys are rejected)::
+Kinds and keys (unknown keys are rejected, and so is a key given twice)::
 
     kind: full            steps
-    kind: delta-dit       steps, boundary | boundary_fraction, interval, cached_blocks | target_speedup,
-                          cache (offset | output)
+    kind: delta-dit       steps, boundary | boundary_fraction | boundary: auto + curves, interval, cached_blocks |
+                          target_speedup, cache (offset | output)
     kind: block-cache     steps, recompute {block: [steps]} | threshold + curves, cache, scale_shift
+
+Paths (``curves``, ``scale_shift``) are relative to the schedule file's folder. The normalized form (what a
+manifest stores and a plan hash covers) names files by their sha256, never by where they lie.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +21,14 @@ from typing import Any, Mapping
 
 import yaml
 
-from .macs import SegmentCosts
-from .plan import CACHE_MODES, Plan
-from .schedule_rules import (
-    block_cache_replays,
-    boundary_from_curves,
-    block_ranges,
-    delta_dit_ranges,
-    delta_dit_replays,
-    threshold_recompute,
-)
+from .curves import CURVES_FORMAT, Calibration, ChangeCurves, CurvesError, read_utf8
+from .plan import CACHE_MODES
+from .schedule_rules import boundary_from_curves, threshold_recompute
+
+__all__ = ["CURVES_FORMAT", "KINDS", "Schedule", "ScheduleError", "full_schedule", "load_schedule", "parse_schedule",
+           "read_schedule_mapping"]
 
 KINDS = ("full", "delta-dit", "block-cache")
-CURVES_FORMAT = "ditcache-curves/1"
 DEFAULT_BOUNDARY_FRACTION = 0.5
 
 _KEYS = {
@@ -48,57 +45,128 @@ class ScheduleError(ValueError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """A validated schedule. Build with :func:`load_schedule` or :func:`parse_schedule`.
+    """A validated schedule. Build with :func:`load_schedule`, :func:`parse_schedule` or a config of
+    graphs.configs; plan it with :func:`ditcache.graphs.planning.plan_for`.
 
     Args:
         kind: ``full``, ``delta-dit`` or ``block-cache``.
         steps: number of sampling steps the schedule is made for.
-        params: the kind's validated parameters (paths already resolved, curves already applied).
+        params: the kind's normalized parameters (curves already applied, files named by sha256); read them
+            through the typed properties.
         source: where it was read from, for messages.
+        corrections: the scale/shift file (``scale_shift:``), resolved.
+        calibration: what the schedule's change curves were measured on (None without curves).
     """
 
     kind: str
     steps: int
     params: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<schedule>"
+    corrections: Path | None = None
+    calibration: Calibration | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Normalized form (what the manifest stores and the hash covers)."""
-        return {"kind": self.kind, "steps": self.steps, **{k: v for k, v in sorted(self.params.items())}}
+        """Normalized form (what the manifest stores and the hash covers): no path, only content hashes."""
+        out = {"kind": self.kind, "steps": self.steps, **{k: v for k, v in sorted(self.params.items())}}
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_dict()
+        return out
 
-    def to_plan(self, num_blocks: int, costs: SegmentCosts | None = None) -> Plan:
-        """The per-step plan for a denoiser with ``num_blocks`` blocks (costs let Δ-DiT solve a target)."""
-        if self.kind == "full":
-            return Plan.from_replays(num_blocks, (), [set()] * self.steps, schedule=self.to_dict())
-        if self.kind == "delta-dit":
-            return _delta_dit_plan(self, num_blocks, costs)
-        return _block_cache_plan(self, num_blocks)
+    @property
+    def cache(self) -> str:
+        """``offset`` or ``output`` (``offset`` for kind full)."""
+        return self.params.get("cache", "offset")
+
+    @property
+    def boundary(self) -> int | None:
+        """Δ-DiT's outline/detail switch step b (resolved from the curves for ``boundary: auto``)."""
+        return self.params.get("boundary")
+
+    @property
+    def interval(self) -> int | None:
+        """Δ-DiT's N (None when ``target_speedup`` solves it for the model)."""
+        return self.params.get("interval")
+
+    @property
+    def cached_blocks(self) -> int | None:
+        """Δ-DiT's Nc (None when ``target_speedup`` solves it for the model)."""
+        return self.params.get("cached_blocks")
+
+    @property
+    def target_speedup(self) -> float | None:
+        return self.params.get("target_speedup")
+
+    @property
+    def threshold(self) -> float | None:
+        """Block caching's δ (None for an explicit ``recompute`` table)."""
+        return self.params.get("threshold")
+
+    @property
+    def recompute(self) -> dict[int, list[int]] | None:
+        """Block caching's block -> steps that compute it (from the curves for a threshold)."""
+        table = self.params.get("recompute")
+        return None if table is None else {int(k): list(v) for k, v in table.items()}
 
 
-# ---- parsing ------------------------------------------------------------------------------------
-def load_schedule(path: str | Path) -> Schedule:
-    """Read and validate a schedule.yaml (or .json)."""
+# ---- reading ------------------------------------------------------------------------------------
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader that refuses a mapping key given twice (plain YAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *anchor' merges, where explicit keys may override
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if first is not None:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1, first)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def read_schedule_mapping(path: str | Path) -> Any:
+    """The YAML (or JSON) document of a schedule file, not yet validated; every reading error names the file."""
     path = Path(path)
     if not path.is_file():
         raise ScheduleError(f"schedule file {str(path)!r} does not exist")
+    text = read_utf8(path, ScheduleError, "schedule file")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ScheduleError(f"{path}: line {exc.line}: key {exc.key!r} is given twice (first on line {exc.first}); "
+                            f"keep one") from None
     except yaml.YAMLError as exc:
         raise ScheduleError(f"{path}: not valid YAML: {exc}") from None
-    return parse_schedule(data, source=str(path), base_dir=path.parent)
+
+
+def load_schedule(path: str | Path) -> Schedule:
+    """Read and validate a schedule.yaml (or .json); its paths are relative to its folder."""
+    path = Path(path)
+    return parse_schedule(read_schedule_mapping(path), source=str(path), base_dir=path.parent)
 
 
 def parse_schedule(data: Any, source: str = "<schedule>", base_dir: Path | None = None) -> Schedule:
-    """Validate a schedule given as a mapping."""
+    """Validate a schedule given as a mapping (paths relative to ``base_dir``, default the working directory).
+    The only validator: files, mappings and the typed configs all come through here."""
     if not isinstance(data, Mapping):
         raise ScheduleError(f"{source}: a schedule is a mapping with a 'kind' key, got {type(data).__name__}")
     kind = data.get("kind")
     if kind not in KINDS:
         raise ScheduleError(f"{source}: 'kind' must be one of {', '.join(KINDS)} (got {kind!r})")
-    unknown = sorted(set(data) - _KEYS[kind])
+    unknown = sorted(set(data) - _KEYS[kind], key=str)
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(key, _KEYS[kind], n=1)
+        close = difflib.get_close_matches(str(key), _KEYS[kind], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ScheduleError(
             f"{source}: unknown key {key!r} for kind {kind}{hint} (allowed: {', '.join(sorted(_KEYS[kind]))})"
@@ -106,11 +174,14 @@ def parse_schedule(data: Any, source: str = "<schedule>", base_dir: Path | None 
     steps = _int(data, "steps", source, minimum=1)
     if steps is None:
         raise ScheduleError(f"{source}: 'steps' is required (the number of sampling steps, e.g. steps: 20)")
+    base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     if kind == "full":
         return Schedule(kind, steps, {}, source)
     if kind == "delta-dit":
-        return Schedule(kind, steps, _delta_dit_params(data, steps, source, base_dir or Path.cwd()), source)
-    return Schedule(kind, steps, _block_cache_params(data, steps, source, base_dir or Path.cwd()), source)
+        params, calibration = _delta_dit_params(data, steps, source, base_dir)
+        return Schedule(kind, steps, params, source, calibration=calibration)
+    params, corrections, calibration = _block_cache_params(data, steps, source, base_dir)
+    return Schedule(kind, steps, params, source, corrections, calibration)
 
 
 def _int(data: Mapping, key: str, source: str, minimum: int | None = None, maximum: int | None = None) -> int | None:
@@ -148,7 +219,8 @@ def _cache_mode(data: Mapping, source: str) -> str:
     return cache
 
 
-def _delta_dit_params(data: Mapping, steps: int, source: str, base_dir: Path) -> dict[str, Any]:
+def _delta_dit_params(data: Mapping, steps: int, source: str,
+                      base_dir: Path) -> tuple[dict[str, Any], Calibration | None]:
     if data.get("boundary") == "auto":
         return _delta_dit_auto_boundary(data, steps, source, base_dir)
     if data.get("curves") is not None:
@@ -176,10 +248,11 @@ def _delta_dit_params(data: Mapping, steps: int, source: str, base_dir: Path) ->
         params["target_speedup"] = target
     else:
         params.update(interval=interval, cached_blocks=cached)
-    return params
+    return params, None
 
 
-def _delta_dit_auto_boundary(data: Mapping, steps: int, source: str, base_dir: Path) -> dict[str, Any]:
+def _delta_dit_auto_boundary(data: Mapping, steps: int, source: str,
+                             base_dir: Path) -> tuple[dict[str, Any], Calibration]:
     """``boundary: auto``: b from measured change curves (explicit interval and cached_blocks needed)."""
     interval = _int(data, "interval", source, minimum=1, maximum=steps)
     cached = _int(data, "cached_blocks", source, minimum=1)
@@ -187,44 +260,68 @@ def _delta_dit_auto_boundary(data: Mapping, steps: int, source: str, base_dir: P
             or "boundary_fraction" in data:
         raise ScheduleError(f"{source}: 'boundary: auto' needs 'curves' (from `ditcache calibrate`), 'interval' and "
                             f"'cached_blocks', and no target_speedup or boundary_fraction")
-    curves_path = (base_dir / str(data["curves"])).resolve()
-    mean, meta = read_curves(curves_path, steps)
-    if cached > len(mean):
-        raise ScheduleError(f"{source}: cached_blocks={cached} but the curves have {len(mean)} blocks")
-    return {"boundary": boundary_from_curves(mean, steps, interval, cached), "boundary_from": str(curves_path),
-            "interval": interval, "cached_blocks": cached, "cache": _cache_mode(data, source),
-            "calibration": {k: meta[k] for k in ("model", "sampler", "guidance") if k in meta} | {"num_blocks": len(mean)}}
+    curves, digest = _curves(data, steps, source, base_dir)
+    if cached > curves.num_blocks:
+        raise ScheduleError(f"{source}: cached_blocks={cached} but the curves have {curves.num_blocks} blocks")
+    params = {"boundary": boundary_from_curves(curves.mean, steps, interval, cached), "curves_sha256": digest,
+              "interval": interval, "cached_blocks": cached, "cache": _cache_mode(data, source)}
+    return params, curves.calibration
 
 
-def _block_cache_params(data: Mapping, steps: int, source: str, base_dir: Path) -> dict[str, Any]:
+def _block_cache_params(data: Mapping, steps: int, source: str,
+                        base_dir: Path) -> tuple[dict[str, Any], Path | None, Calibration | None]:
     recompute = data.get("recompute")
     threshold = _float(data, "threshold", source, 0.0, 1e6)
-    curves = data.get("curves")
     if (recompute is None) == (threshold is None):
         raise ScheduleError(
             f"{source}: block-cache needs either 'recompute' (block -> list of steps that compute it) or "
             f"'threshold' with 'curves' (a change-curves file from `ditcache calibrate`)"
         )
     params: dict[str, Any] = {"cache": _cache_mode(data, source)}
+    calibration = None
     if recompute is not None:
-        if curves is not None:
+        if data.get("curves") is not None:
             raise ScheduleError(f"{source}: 'curves' is only used with 'threshold'; remove it")
         params["recompute"] = _recompute_table(recompute, steps, source)
     else:
-        if curves is None:
+        if data.get("curves") is None:
             raise ScheduleError(f"{source}: 'threshold' needs 'curves: PATH' (the change curves to threshold)")
-        curves_path = (base_dir / str(curves)).resolve()
-        mean, meta = read_curves(curves_path, steps)
-        params.update(threshold=threshold, curves=str(curves_path),
-                      recompute={i: threshold_recompute(row, threshold) for i, row in enumerate(mean)},
-                      calibration={k: meta[k] for k in ("model", "sampler", "guidance") if k in meta}
-                      | {"num_blocks": len(mean)})
+        curves, digest = _curves(data, steps, source, base_dir)
+        params.update(threshold=threshold, curves_sha256=digest,
+                      recompute={i: threshold_recompute(row, threshold) for i, row in enumerate(curves.mean)})
+        calibration = curves.calibration
+    corrections = None
     if data.get("scale_shift") is not None:
-        path = (base_dir / str(data["scale_shift"])).resolve()
-        if not path.is_file():
-            raise ScheduleError(f"{source}: scale_shift file {str(path)!r} does not exist")
-        params["scale_shift"] = str(path)
-    return params
+        corrections = _path(data, "scale_shift", source, base_dir)
+        if not corrections.is_file():
+            raise ScheduleError(f"{source}: scale_shift file {str(corrections)!r} does not exist (paths are relative "
+                                f"to the schedule's folder); make it with `ditcache fit-correction`")
+        params["scale_shift_sha256"] = _sha256(corrections)
+    return params, corrections, calibration
+
+
+def _path(data: Mapping, key: str, source: str, base_dir: Path) -> Path:
+    value = data[key]
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ScheduleError(f"{source}: {key!r} must be a file path (got {value!r})")
+    return (base_dir / str(value)).resolve()
+
+
+def _curves(data: Mapping, steps: int, source: str, base_dir: Path) -> tuple[ChangeCurves, str]:
+    """The schedule's change curves, checked against its steps, and their sha256."""
+    path = _path(data, "curves", source, base_dir)
+    try:
+        curves = ChangeCurves.load(path)
+        curves.check_for_schedule(path, steps)
+    except CurvesError as exc:
+        raise ScheduleError(f"{source}: {exc}") from None
+    return curves, _sha256(path)
+
+
+def _sha256(path: Path) -> str:
+    from .weights import sha256_file
+
+    return sha256_file(path)
 
 
 def _recompute_table(table: Any, steps: int, source: str) -> dict[int, list[int]]:
@@ -245,102 +342,6 @@ def _recompute_table(table: Any, steps: int, source: str) -> dict[int, list[int]
     return out
 
 
-def read_curves(path: Path, steps: int) -> tuple[list[list[float]], dict[str, Any]]:
-    """Per-block mean change curves and their metadata from a calibration file, checked against the
-    schedule's steps."""
-    if not path.is_file():
-        raise ScheduleError(f"curves file {str(path)!r} does not exist; make one with `ditcache calibrate`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ScheduleError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, Mapping) or data.get("format") != CURVES_FORMAT:
-        raise ScheduleError(f"{path}: not a ditcache curves file (expected format {CURVES_FORMAT!r})")
-    if data.get("steps") != steps:
-        raise ScheduleError(
-            f"{path}: curves were measured for {data.get('steps')} steps, the schedule has {steps}; "
-            f"calibrate again with --steps {steps}"
-        )
-    mean = data.get("mean")
-    if not isinstance(mean, list) or not all(isinstance(r, list) and len(r) == steps for r in mean):
-        raise ScheduleError(f"{path}: 'mean' must be a list of per-block lists of {steps} values")
-    return [[float(v) for v in row] for row in mean], dict(data.get("meta") or {})
-
-
-# ---- plans --------------------------------------------------------------------------------------
-def _delta_dit_plan(schedule: Schedule, num_blocks: int, costs: SegmentCosts | None) -> Plan:
-    p = dict(schedule.params)
-    if "target_speedup" in p:
-        p["interval"], p["cached_blocks"] = solve_delta_dit(
-            schedule.steps, p["boundary"], p["target_speedup"], num_blocks, costs, schedule.source
-        )
-    calibrated = p.get("calibration", {}).get("num_blocks")
-    if calibrated is not None and calibrated != num_blocks:
-        raise ScheduleError(f"{schedule.source}: the curves were measured on a model with {calibrated} blocks, "
-                            f"this model has {num_blocks}; calibrate this model")
-    if p["cached_blocks"] > num_blocks:
-        raise ScheduleError(
-            f"{schedule.source}: cached_blocks={p['cached_blocks']} but the model has {num_blocks} blocks; "
-            f"use 1..{num_blocks}"
-        )
-    normalized = {**schedule.to_dict(), **p}
-    return Plan.from_replays(
-        num_blocks,
-        delta_dit_ranges(num_blocks, p["cached_blocks"]),
-        delta_dit_replays(schedule.steps, p["boundary"], p["interval"]),
-        cache=p["cache"],
-        schedule=normalized,
-    )
-
-
-def solve_delta_dit(
-    steps: int, boundary: int, target: float, num_blocks: int, costs: SegmentCosts | None, source: str
-) -> tuple[int, int]:
-    """(interval N, cached_blocks Nc) whose speedup meets ``target`` most gently (lowest speedup that
-    reaches it; ties: smaller N, so caches are fresher)."""
-    costs = costs or SegmentCosts(0, (1,) * num_blocks, 0)
-    best: tuple[float, int, int] | None = None
-    top = 1.0
-    for interval in range(2, steps + 1):
-        replays = delta_dit_replays(steps, boundary, interval)
-        for cached in range(1, num_blocks + 1):
-            plan = Plan.from_replays(num_blocks, delta_dit_ranges(num_blocks, cached), replays)
-            speedup = plan.theoretical_speedup(costs)
-            top = max(top, speedup)
-            if speedup >= target and (best is None or (speedup, interval, cached) < best):
-                best = (speedup, interval, cached)
-    if best is None:
-        raise ScheduleError(
-            f"{source}: target_speedup {target} is out of reach for {steps} steps (best {top:.2f}x); "
-            f"lower the target or use more steps"
-        )
-    return best[1], best[2]
-
-
-def _block_cache_plan(schedule: Schedule, num_blocks: int) -> Plan:
-    recompute = {int(k): v for k, v in schedule.params["recompute"].items()}
-    calibrated = schedule.params.get("calibration", {}).get("num_blocks")
-    if calibrated is not None and calibrated != num_blocks:
-        raise ScheduleError(
-            f"{schedule.source}: the curves were measured on a model with {calibrated} blocks, this model has "
-            f"{num_blocks}; calibrate this model"
-        )
-    bad = [b for b in recompute if b >= num_blocks]
-    if bad:
-        raise ScheduleError(
-            f"{schedule.source}: recompute names block {bad[0]} but the model has {num_blocks} blocks (0..{num_blocks - 1})"
-        )
-    return Plan.from_replays(
-        num_blocks,
-        block_ranges(recompute),
-        block_cache_replays(schedule.steps, recompute),
-        cache=schedule.params["cache"],
-        corrected="scale_shift" in schedule.params,
-        schedule=schedule.to_dict(),
-    )
-
-
 def full_schedule(steps: int) -> Schedule:
     """The uncached schedule of ``steps`` steps."""
     return Schedule("full", steps, {}, "<full>")
-

@@ -33,8 +33,49 @@ class Segment:
         return self.module(*args)
 
 
+def check_block_range(start: int, end: int, num_blocks: int) -> None:
+    """Raise ValueError unless [start, end) is a non-empty range of the ``num_blocks`` blocks."""
+    if not 0 <= start < end <= num_blocks:
+        raise ValueError(f"block range [{start}, {end}) is outside [0, {num_blocks})")
+
+
+class PatchTail(nn.Module):
+    """Base of the patch-token transformers' tails: the static patch geometry and unpatchify."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.patch = int(model.config.patch_size)
+        self.out_channels = int(model.out_channels)
+        self.grid = int(model.config.sample_size) // self.patch  # static: no shape arithmetic at run time
+
+    def unpatchify(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, T, p*p*C) patch tokens -> (B, C, H, W), as DiT's unpatchify (T = grid², H = W = grid * p)."""
+        batch = h.shape[0]
+        grid, p, c = self.grid, self.patch, self.out_channels
+        h = h.reshape(batch, grid, grid, p, p, c)  # (B, h, w, p, q, C)
+        h = torch.einsum("nhwpqc->nchpwq", h)  # (B, C, h, p, w, q)
+        return h.reshape(batch, c, grid * p, grid * p)  # (B, C, H, W)
+
+
 class PatchTokenParts:
-    """Shapes and tail shared by the patch-token transformers' parts (DiT, PixArt-α): needs ``spec`` and ``_tail``."""
+    """Head, block ranges, tail and shapes shared by the patch-token transformers' parts (DiT, PixArt-α).
+
+    Subclasses set ``model``, ``spec``, ``num_blocks``, ``_head``, ``_tail``, ``block_inputs`` (the names a
+    block segment reads besides the hidden state) and ``block_module`` (``block_module(model, start, end)``).
+    """
+
+    hidden_name = "h"
+    output_name = "out"
+    block_inputs: tuple[str, ...] = ()
+    block_module: type[nn.Module]
+
+    def head(self) -> Segment:
+        return self._head
+
+    def blocks(self, start: int, end: int) -> Segment:
+        check_block_range(start, end, self.num_blocks)
+        return Segment(block_name(start, end), self.block_module(self.model, start, end),
+                       (self.hidden_name, *self.block_inputs), (self.hidden_name,), start, end)
 
     def tail(self) -> Segment:
         return self._tail

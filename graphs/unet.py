@@ -1,4 +1,5 @@
-"""U-Net (diffusers UNet2DConditionModel) cut into head / links / blocks[i:j] / tail, skips as named values.
+"""The U-Net family (diffusers UNet2DConditionModel): its record, and its cut into head / links / blocks[i:j] /
+tail, skips as named values (its sizes: graphs/unet_sizes.py).
 
 **Caching unit.** ditcache's *block* on a U-Net is one **attention layer**: a ``Transformer2DModel`` (spatial
 transformer: self-attention, cross-attention to the text, feed-forward) in Stable Diffusion's
@@ -26,12 +27,17 @@ chained, either cut equals ``UNet2DConditionModel.forward`` (tests/graphs/test_u
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
-from .registry import ModelSpec
-from .segments import Segment, block_name, link_name
-from .unet_sizes import CLIP_TOKENS, downsample_factor
+from .family import Family, StockPipeline, WeightFormat, names_class
+from .macs import unet_costs
+from .model_spec import DIT_SCHEDULER_CONFIG, ModelSpec
+from .segments import Segment, block_name, check_block_range, link_name
+from .unet_sizes import (CLIP_TOKENS, GUIDANCE_SCALE, SAMPLER, SD_SCHEDULER_CONFIG, UNET_MODELS, attention_layers,
+                         downsample_factor)
 
 HIDDEN, EMB, OUT = "h", "emb", "out"
 CONTEXT = "encoder_hidden_states"
@@ -312,8 +318,7 @@ class UNetParts:
         return self._segment(link_name(position), first, stop) if stop > first else None
 
     def blocks(self, start: int, end: int) -> Segment:
-        if not 0 <= start < end <= self.num_blocks:
-            raise ValueError(f"block range [{start}, {end}) is outside [0, {self.num_blocks})")
+        check_block_range(start, end, self.num_blocks)
         return self._segment(block_name(start, end), self._blocks[start], self._blocks[end - 1] + 1, start, end)
 
     def tail(self) -> Segment:
@@ -370,3 +375,85 @@ def _value_order(name: str) -> tuple[int, str]:
     if name in (HIDDEN, OUT):
         return (-2, name)
     return (int(name[4:]), name) if name.startswith("skip") and name[4:].isdigit() else (-1, name)
+
+
+# ---- the family record ------------------------------------------------------------------------------------
+# what makes two U-Net configs the same architecture
+_ARCHITECTURE = ("in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+                 "layers_per_block", "cross_attention_dim", "sample_size", "num_class_embeds")
+
+
+def _recognises(config: Mapping[str, Any]) -> bool:
+    """A UNet2DConditionModel config: down/up block levels."""
+    return names_class(config, "UNet2DConditionModel") and "down_block_types" in config
+
+
+def _spec_for_config(config: Mapping[str, Any], latent: bool = True) -> ModelSpec:
+    """The U-Net spec of a UNet2DConditionModel config: a registered one where the architecture matches, else
+    ``custom`` (text-conditioned unless it has class embeddings)."""
+    ours = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if not k.startswith("_")}
+    for spec in UNET_MODELS:
+        if all(spec.config.get(k) == ours.get(k) for k in _ARCHITECTURE):
+            return spec
+    classes = bool(ours.get("num_class_embeds"))
+    return ModelSpec("custom", "unet", ours, latent, "U-Net given by the user",
+                     scheduler_config=dict(DIT_SCHEDULER_CONFIG if classes else SD_SCHEDULER_CONFIG),
+                     conditioning_inputs=("class_labels",) if classes else ("encoder_hidden_states",),
+                     text_length=None if classes else CLIP_TOKENS, sampler=SAMPLER,
+                     guidance_scale=4.0 if classes else GUIDANCE_SCALE)
+
+
+def _refuse_original_checkpoint(state: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
+    raise ValueError("an original (CompVis/LDM) Stable Diffusion checkpoint, not diffusers weights; convert it with "
+                     "diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(DIR) and pass "
+                     "--weights DIR")
+
+
+ORIGINAL_SD = WeightFormat(
+    name="original-sd",
+    description="an original (CompVis/LDM) Stable Diffusion checkpoint (refused: convert it with diffusers first)",
+    detect=lambda state: any(k.startswith("model.diffusion_model.") for k in state),
+    convert=_refuse_original_checkpoint,
+)
+
+_WEIGHTS_HELP = (
+    "  --weights DIR        a diffusers UNet2DConditionModel folder, or a StableDiffusionPipeline folder\n"
+    "                       with unet/ (e.g. a local copy of {repo})\n"
+    "  --weights FILE       a .safetensors/.bin file with diffusers U-Net keys\n"
+    "  --random-weights     random initialisation, for timing only (outputs are noise)"
+)
+
+
+# ---- diffusers' StableDiffusionPipeline, the benchmarks' baseline ------------------------------------------
+def _stock_inputs(spec: ModelSpec, class_labels: tuple[int, ...], prompts: Any, guidance: float) -> dict[str, Any]:
+    """Prompt embeddings in (no attention masks: SD's text encoder attends to its padding), latents out."""
+    if prompts is None:
+        raise ValueError(f"StableDiffusionPipeline takes prompt embeddings; {spec.name} is class-conditional")
+    negative = prompts.negatives() if guidance > 1 else (None, None)
+    return {"prompt_embeds": prompts.embeds, "negative_prompt_embeds": negative[0], "output_type": "latent"}
+
+
+def _stock_components(denoiser: nn.Module, vae: nn.Module, scheduler: Any) -> dict[str, Any]:
+    """Text encoder and safety checker left out: prompts come as embeddings."""
+    return {"vae": vae, "text_encoder": None, "tokenizer": None, "unet": denoiser, "scheduler": scheduler,
+            "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
+FAMILY = Family(
+    name="unet",
+    parts=UNetParts,
+    costs=unet_costs,
+    model_class="UNet2DConditionModel",
+    models=UNET_MODELS,
+    num_blocks=attention_layers,  # U-Nets cache their attention layers
+    num_classes=lambda config: max(int(config.get("num_class_embeds") or 0) - 1, 0),  # counts the null class
+    resolution_step=downsample_factor,
+    recognises=_recognises,
+    spec_for_config=_spec_for_config,
+    weights_help=_WEIGHTS_HELP,
+    stock=StockPipeline("StableDiffusionPipeline", components=_stock_components, call_inputs=_stock_inputs,
+                        returns_latents=True),
+    formats=(ORIGINAL_SD,),
+    sampler=SAMPLER,
+    guidance_scale=GUIDANCE_SCALE,
+)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .model_spec import FASHION_MNIST_CLASSES, ModelSpec
+
 CLIP_TOKENS = 77  # CLIP text encoder sequence length: SD 1.5's encoder_hidden_states are (B, 77, 768)
 
 # Stable Diffusion 1.5's noise schedule (its scheduler_config.json), for DDIM / DPM-Solver++ / Euler / DDPM
@@ -88,3 +90,22 @@ def attention_layers(config: Mapping[str, Any]) -> int:
 def downsample_factor(config: Mapping[str, Any]) -> int:
     """How much the U-Net shrinks its input: the sample size must be a multiple of it."""
     return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+# U-Nets (diffusers UNet2DConditionModel, graphs/unet.py): the block-caching paper's own kind of model
+SAMPLER, GUIDANCE_SCALE = "ddim", 7.5  # Stable Diffusion's default guidance
+
+UNET_MODELS = (
+    ModelSpec("sd15-unet", "unet", SD15_UNET, True,
+              "Stable Diffusion 1.5 U-Net 512x512 (860M params, CLIP text (B, 77, 768), 16 attention layers)",
+              hf_repo="stable-diffusion-v1-5/stable-diffusion-v1-5", scheduler_config=dict(SD_SCHEDULER_CONFIG),
+              conditioning_inputs=("encoder_hidden_states",), text_length=CLIP_TOKENS, sampler=SAMPLER,
+              guidance_scale=GUIDANCE_SCALE),
+    ModelSpec("unet-tiny", "unet", UNET_TINY, True,
+              "tiny SD-style U-Net for tests (2 levels, 4 attention layers, 24-dim text)",
+              scheduler_config=dict(SD_SCHEDULER_CONFIG), conditioning_inputs=("encoder_hidden_states",),
+              text_length=CLIP_TOKENS, sampler=SAMPLER, guidance_scale=GUIDANCE_SCALE),
+    ModelSpec("unet-fmnist", "unet", UNET_FMNIST, False,
+              "reference class-conditional U-Net trained on Fashion-MNIST 28x28 (6 attention layers), shipped",
+              bundled="unet-fmnist", class_names=FASHION_MNIST_CLASSES),
+)

@@ -1,17 +1,22 @@
-"""Weight loading from local paths only: diffusers folders, the HF cache, official .pt, safetensors."""
+"""Weight loading from local paths only: diffusers folders, the HF cache, safetensors, and the checkpoint layouts
+of each family's record (the official DiT .pt)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickletools
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .convert_official import convert_official_state_dict, is_official_state_dict, unwrap_checkpoint
-from .registry import ModelSpec
+from .convert_official import unwrap_checkpoint
+from .family import WeightFormat
+from .model_spec import ModelSpec
 
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _SUBFOLDERS = ("transformer", "unet")  # the denoiser's folder inside a diffusers pipeline folder
@@ -21,30 +26,37 @@ class WeightsError(ValueError):
     """Weights that cannot be found or do not fit the requested model."""
 
 
+DIFFUSERS_FORMAT = "diffusers"  # WeightsInfo.format of diffusers' own keys (and of random weights)
+
+
 @dataclass(frozen=True)
 class WeightsInfo:
-    """Where a model's weights came from and their content hash."""
+    """Where a model's weights came from, their content hash, and the layout they were converted from.
+
+    Args:
+        source: the file read (``random(seed=...)`` for random weights).
+        sha256: the file's sha256 (``random-seed-N`` for random weights).
+        random: True for random weights.
+        format: ``diffusers``, or the family's checkpoint layout the file was converted from (``official-dit``):
+            such a model is built to compute what the original model computes (docs/models.md), so the same
+            file can give another forward than diffusers' own conversion of it; engine keys include it.
+    """
 
     source: str
     sha256: str
     random: bool = False
+    format: str = DIFFUSERS_FORMAT
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    """An eval-mode diffusers model of ``spec`` with freshly initialised weights."""
-    if spec.family == "pixart":
-        from diffusers import PixArtTransformer2DModel
-
-        return PixArtTransformer2DModel(**spec.config).eval()
-    if spec.family == "unet":
-        from diffusers import UNet2DConditionModel
-
-        return UNet2DConditionModel(**spec.config).eval()
-    if spec.family != "dit":
-        raise NotImplementedError(f"model family {spec.family!r} is not supported yet")
-    from diffusers import DiTTransformer2DModel
-
-    return DiTTransformer2DModel(**spec.config).eval()
+def build_model(spec: ModelSpec, weight_format: WeightFormat | None = None) -> nn.Module:
+    """An eval-mode diffusers model of ``spec`` with freshly initialised weights, built as the checkpoint layout
+    ``weight_format`` needs (None: diffusers' own)."""
+    if weight_format is None:
+        return spec.family_record.build_model(spec.config)
+    model = spec.family_record.build_model({**spec.config, **weight_format.config})
+    if weight_format.adapt is not None:
+        weight_format.adapt(model)
+    return model
 
 
 def hf_cache_dirs(repo: str) -> list[Path]:
@@ -81,22 +93,12 @@ def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None) -> Path:
             if any((snapshot / sub).is_dir() for sub in _SUBFOLDERS) or (snapshot / "config.json").is_file():
                 return snapshot
     hint = f" (looked in the local Hugging Face cache for {spec.hf_repo})" if spec.hf_repo else ""
-    if spec.family == "unet":
-        raise WeightsError(
-            f"no weights found for model {spec.name!r}{hint}. Give one of:\n"
-            f"  --weights DIR        a diffusers UNet2DConditionModel folder, or a StableDiffusionPipeline folder\n"
-            f"                       with unet/ (e.g. a local copy of {spec.hf_repo or 'the model'})\n"
-            f"  --weights FILE       a .safetensors/.bin file with diffusers U-Net keys\n"
-            f"  --random-weights     random initialisation, for timing only (outputs are noise)"
-        )
-    raise WeightsError(
-        f"no weights found for model {spec.name!r}{hint}. Give one of:\n"
-        f"  --weights DIR        a diffusers model folder (or a pipeline folder with transformer/ or unet/),\n"
-        f"                       e.g. a local copy of {spec.hf_repo or 'the model'}\n"
-        f"  --weights FILE.pt    the official facebookresearch/DiT checkpoint (e.g. DiT-XL-2-256x256.pt),\n"
-        f"                       or a .safetensors file with diffusers or official keys\n"
-        f"  --random-weights     random initialisation, for timing only (outputs are noise)"
-    )
+    raise WeightsError(f"no weights found for model {spec.name!r}{hint}. Give one of:\n{weights_help(spec)}")
+
+
+def weights_help(spec: ModelSpec) -> str:
+    """The lines saying which weights ``spec`` loads (its family record's)."""
+    return spec.family_record.weights_help.format(repo=spec.hf_repo or "the model")
 
 
 def _weight_file(path: Path) -> Path:
@@ -116,23 +118,95 @@ def _weight_file(path: Path) -> Path:
     )
 
 
-def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors, .bin or .pt file, on the CPU (official training checkpoints included)."""
+_READABLE = (
+    "  a diffusers model folder (config.json, diffusion_pytorch_model.safetensors)\n"
+    "  a .safetensors or .bin file, or a .pt file written by torch.save(model.state_dict())"
+)
+
+
+def read_state_dict(file: Path, expected: str = _READABLE) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors, .bin or .pt file, on the CPU (official training checkpoints included).
+
+    A file that is no state dict of tensors (random bytes, a plain pickle, a pickled module, a list) is a
+    WeightsError saying what the file holds and, from ``expected``, what ditcache reads.
+    """
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(file))
-        import argparse
+            obj = load_file(str(file))
+        else:
+            import argparse
 
-        # official train.py checkpoints carry their argparse.Namespace beside the weights
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(str(file), map_location="cpu", weights_only=True)
-        return unwrap_checkpoint(obj)
-    except WeightsError:
-        raise
-    except Exception as exc:  # unreadable file: say which and why, no traceback
-        raise WeightsError(f"cannot read weights from {file}: {type(exc).__name__}: {exc}") from None
+            # official train.py checkpoints carry their argparse.Namespace beside the weights
+            with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")  # plain pickles: said below
+                obj = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable file: say which, what it holds and what would do, no traceback
+        raise _not_a_state_dict(file, _describe_unreadable(file, exc), expected) from None
+    try:
+        state = unwrap_checkpoint(obj)
+    except ValueError:
+        raise _not_a_state_dict(file, _describe_object(obj), expected) from None
+    if not state:
+        raise _not_a_state_dict(file, "an empty dict", expected)
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            found = f"a dict whose entry {key!r} is {_describe_object(value)}, not a tensor"
+            raise _not_a_state_dict(file, found, expected)
+    return state
+
+
+def _not_a_state_dict(file: Path, found: str, expected: str) -> WeightsError:
+    return WeightsError(f"cannot read weights from {file}: ditcache expected a state dict of tensors, the file holds "
+                        f"{found}. Give one of:\n{expected}")
+
+
+def _describe_object(obj: object) -> str:
+    """A loaded object in a few words: ``a list of 3 items``, ``an int``."""
+    name = type(obj).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    if isinstance(obj, (list, tuple, dict)):
+        return f"{article} {name} of {len(obj)} item{'s' if len(obj) != 1 else ''}"
+    return f"{article} {name}"
+
+
+_PICKLE_TOPS = {"EMPTY_LIST": "list", "LIST": "list", "EMPTY_DICT": "dict", "DICT": "dict", "EMPTY_TUPLE": "tuple",
+                "TUPLE": "tuple", "TUPLE1": "tuple", "TUPLE2": "tuple", "TUPLE3": "tuple", "EMPTY_SET": "set",
+                "GLOBAL": "Python object", "STACK_GLOBAL": "Python object"}
+
+
+def _describe_unreadable(file: Path, exc: Exception) -> str:
+    """What a file torch or safetensors could not load holds, from its first bytes and the loader's message."""
+    with open(file, "rb") as handle:
+        head = handle.read(1 << 20)
+    if not head:
+        return "nothing (the file is empty)"
+    blocked = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if blocked:  # a pickled object other than tensors: the weights-only loader refuses to run its code
+        return (f"a pickled Python object ({blocked.group(1)}), e.g. a whole model saved with torch.save(model): "
+                f"save model.state_dict() instead")
+    if head.startswith(b"PK\x03\x04"):
+        return f"a zip archive that is no torch.save checkpoint ({type(exc).__name__})"
+    if head[:1] == b"\x80":  # pickle protocol >= 2, not written by torch.save (whose files are zip archives)
+        top = _pickle_top(head)
+        return f"a plain Python pickle{f' of a {top}' if top else ''} (written by pickle.dump, not torch.save)"
+    if file.suffix == ".safetensors":
+        return f"no safetensors data ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return (f"no PyTorch, pickle or safetensors data (random bytes, or another format; it starts with "
+            f"{head[:8].hex(' ')})")
+
+
+def _pickle_top(data: bytes) -> str | None:
+    """The kind of object a pickle's first opcodes build (``list``), read without running the pickle."""
+    try:
+        for opcode, _, _ in pickletools.genops(data):
+            if opcode.name in ("PROTO", "FRAME", "MARK"):
+                continue
+            return _PICKLE_TOPS.get(opcode.name)
+    except Exception:  # truncated or not a pickle after all
+        return None
+    return None
 
 
 def sha256_file(file: Path, chunk: int = 1 << 22) -> str:
@@ -213,20 +287,16 @@ def load_model(
         return model, WeightsInfo(source=f"random(seed={seed})", sha256=f"random-seed-{seed}", random=True)
     path = resolve_weights(spec, weights)
     file = _weight_file(path)
-    state = read_state_dict(file)
-    if spec.family == "unet" and any(k.startswith("model.diffusion_model.") for k in state):
-        raise WeightsError(
-            f"{file} is an original (CompVis/LDM) Stable Diffusion checkpoint, not diffusers weights; convert it "
-            f"with diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(DIR) and pass --weights DIR"
-        )
-    if is_official_state_dict(state):
+    state = read_state_dict(file, weights_help(spec))
+    weight_format = spec.family_record.format_of(state)
+    if weight_format is not None:
         try:
-            state = convert_official_state_dict(state, spec.num_blocks)
+            state = weight_format.convert(state, spec)
         except ValueError as exc:
             raise WeightsError(f"{file}: {exc}") from None
-    model = build_model(spec)
+    model = build_model(spec, weight_format)
     check_state_dict(model, state, spec, str(file))
     check_folder_config(file, spec)
     model.load_state_dict(state, strict=False)  # strictness checked above, pos_embed buffer excepted
-    return model.eval(), WeightsInfo(source=str(file), sha256=sha256_file(file))
-
+    name = weight_format.name if weight_format is not None else DIFFUSERS_FORMAT
+    return model.eval(), WeightsInfo(source=str(file), sha256=sha256_file(file), format=name)

@@ -7,8 +7,9 @@ import torch
 
 import ditcache
 from ditcache.compiler.runtime.sampling import SampleRequest
-from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.graphs import parse_schedule
+from ditcache.graphs.planning import plan_for
 
 DELTA = {"kind": "delta-dit", "steps": 6, "boundary": 3, "interval": 2, "cached_blocks": 2}
 
@@ -82,14 +83,18 @@ def test_apply_with_an_engine_directory(pipe, tmp_path):
         want = run(pipe)
     with ditcache.apply(pipe, tmp_path / "s.yaml", engines=tmp_path / "eng"):
         torch.testing.assert_close(run(pipe), want)
-    with ditcache.apply(pipe, tmp_path / "s.yaml", engines=tmp_path / "eng"):
-        with pytest.raises(ValueError, match="model batch of 4, the pipeline calls with 2"):
-            pipe(class_labels=[1], num_inference_steps=6, output_type="pt")
+    # any batch through the batch-2 engines (model batch 4): 1 and 3 images run in chunks, as the eager runtime
+    for labels in ([1], [1, 2, 3]):
+        with ditcache.apply(pipe, DELTA):
+            want = pipe(class_labels=labels, num_inference_steps=6, generator=torch.manual_seed(4), output_type="pt")
+        with ditcache.apply(pipe, tmp_path / "s.yaml", engines=tmp_path / "eng"):
+            got = pipe(class_labels=labels, num_inference_steps=6, generator=torch.manual_seed(4), output_type="pt")
+        torch.testing.assert_close(got.images, want.images, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
 def test_apply_inductor(pipe):
     with ditcache.apply(pipe, DELTA):
         want = run(pipe)
-    with ditcache.apply(pipe, DELTA, backend="inductor", granularity="segment"):
+    with ditcache.apply(pipe, DELTA, backend="inductor-jit", granularity="segment"):
         torch.testing.assert_close(run(pipe), want, rtol=1e-4, atol=1e-4)

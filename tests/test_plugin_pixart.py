@@ -8,8 +8,9 @@ import torch
 
 import ditcache
 from ditcache.compiler.runtime.sampling import SampleRequest
-from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.graphs import parse_schedule
+from ditcache.graphs.planning import plan_for
 
 pytest.importorskip("transformers", reason="diffusers' PixArtAlphaPipeline needs transformers")
 

@@ -1,4 +1,4 @@
-"""``ditcache generate``: sharding under torchrun, resumability, argument checks (ditcache/sharded.py).
+"""``ditcache generate``: sharding under torchrun, resumability, argument checks (ditcache/generate/).
 
 Multi-rank runs go through ``python -m torch.distributed.run`` (gloo on CPU) in a subprocess, as a user
 runs them; single-process runs go through ``main`` in-process (no process group)."""
@@ -15,11 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from ditcache import sharded
+from ditcache.generate import SUMMARY_FILE, GenerateConfig
+from ditcache.generate import generate as generate_run
+from ditcache.benchmarks import eval_quality
+from ditcache.compiler.runtime.seeds import sample_seed
+from ditcache.generate.chunks import assign, chunk_range
 from ditcache.cli import build_parser, main
 from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.compiler.runtime.sampling import SampleRequest
 from ditcache.graphs import get_spec, load_model
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.schedule import full_schedule
 
 TINY = ["--model", "dit-tiny", "--random-weights", "--steps", "3", "--num-samples", "10", "--chunk-size", "4",
@@ -62,7 +67,7 @@ def generate(args: list[str]) -> dict:
     """In-process run (no process group); returns the summary."""
     assert main(["generate", *args, "--json"]) == 0
     out = Path(args[args.index("--out") + 1])
-    return json.loads((out / sharded.SUMMARY_FILE).read_text())
+    return json.loads((out / SUMMARY_FILE).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +83,7 @@ def fmnist_reference(fmnist_weights, tmp_path_factory) -> Path:
 def test_torchrun_two_ranks_write_the_same_npz_as_one_process(fmnist_weights, fmnist_reference, tmp_path):
     out = tmp_path / "two"
     done = cli([*fmnist_args(fmnist_weights), "--out", str(out), "--reference-throughput",
-                str(fmnist_reference.parent / sharded.SUMMARY_FILE)], nproc=2)
+                str(fmnist_reference.parent / SUMMARY_FILE)], nproc=2)
     merged = out / fmnist_reference.name
     assert fmnist_reference.name == f"samples_{FMNIST_N}x28x28x1.npz"
     assert merged.read_bytes() == fmnist_reference.read_bytes()  # bit-identical file
@@ -87,7 +92,7 @@ def test_torchrun_two_ranks_write_the_same_npz_as_one_process(fmnist_weights, fm
     assert images.dtype == np.uint8 and images.shape == (FMNIST_N, 28, 28, 1)
     assert labels.tolist() == [i % 10 for i in range(FMNIST_N)]  # balanced classes
     assert 0 < images.std()  # real images (of random weights), not a constant
-    summary = json.loads((out / sharded.SUMMARY_FILE).read_text())
+    summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["world_size"] == 2 and [r["chunks"] for r in summary["ranks"]] == [3, 3]  # round-robin
     assert summary["scaling_efficiency"] is not None and summary["reference_source"].endswith("summary.json")
     assert "rank 0" in done.stdout and "rank 1" in done.stdout and "scaling efficiency" in done.stdout
@@ -115,8 +120,8 @@ def test_killed_run_resumes_under_torchrun_and_matches(tmp_path):
     # and each sample is what SampleRequest(sample_seeds=...) gives for its chunk, whoever computed it
     spec = get_spec("dit-tiny")
     model, _ = load_model(spec, random_weights=True)
-    plan = full_schedule(3).to_plan(spec.num_blocks)
-    request = SampleRequest((4, 5, 6, 7), 3, 4.0, 0, "ddim", sample_seeds=tuple(sharded.sample_seed(0, i)
+    plan = plan_for(full_schedule(3), spec)
+    request = SampleRequest((4, 5, 6, 7), 3, 4.0, 0, "ddim", sample_seeds=tuple(eval_quality.sample_seed(0, i)
                                                                                   for i in range(4, 8)))
     want = sample_with_plan(eager_dispatcher(model, spec, plan), spec, request).numpy()
     with np.load(summary["output"]) as data:
@@ -170,8 +175,12 @@ def test_mismatched_arguments_are_refused(tmp_path, capsys):
 def test_argument_errors(tmp_path, capsys):
     assert main(["generate", *TINY, "--out", str(tmp_path), "--classes", "1000"]) == 2
     assert "outside dit-tiny's classes" in capsys.readouterr().err
-    assert main(["generate", *TINY[:-3], "--chunk-size", "0", "--out", str(tmp_path)]) == 2
-    assert "--chunk-size must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused by the parser, before any model is loaded
+        main(["generate", *TINY[:-3], "--chunk-size", "0", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "argument --chunk-size: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--chunk-size must be positive"):  # a GenerateConfig built in code
+        generate_run(GenerateConfig(num_samples=4, out=str(tmp_path), chunk_size=0))
 
 
 def test_class_list_cycles_and_chunk_padding_with_engines(tmp_path, capsys):
@@ -196,10 +205,29 @@ def test_class_list_cycles_and_chunk_padding_with_engines(tmp_path, capsys):
 
 # ---- pure helpers --------------------------------------------------------------------------------------
 def test_seeds_chunks_and_assignment():
-    seeds = [sharded.sample_seed(0, i) for i in range(1000)]
-    assert len(set(seeds)) == 1000 and all(0 <= s < 2**63 for s in seeds)
-    assert sharded.sample_seed(0, 1) != sharded.sample_seed(1, 0)
-    assert [sharded.chunk_range(c, 4, 10) for c in range(3)] == [range(0, 4), range(4, 8), range(8, 10)]
+    seeds = [sample_seed(0, i) for i in range(1000)]
+    assert len(set(seeds)) == 1000 and all(0 <= s < 2**32 for s in seeds)
+    assert sample_seed(0, 1) != sample_seed(1, 0)
+    # one rule: the quality benchmarks' (numpy's SeedSequence of the pair), whose saved results it keeps valid
+    assert eval_quality.sample_seed is sample_seed
+    assert [sample_seed(5, i) for i in (0, 7)] == [int(np.random.SeedSequence([5, i]).generate_state(1)[0])
+                                                   for i in (0, 7)]
+    assert [chunk_range(c, 4, 10) for c in range(3)] == [range(0, 4), range(4, 8), range(8, 10)]
     chunks = list(range(7))
-    shares = [sharded.assign(chunks, r, 3) for r in range(3)]
+    shares = [assign(chunks, r, 3) for r in range(3)]
     assert shares == [[0, 3, 6], [1, 4], [2, 5]] and sorted(sum(shares, [])) == chunks
+
+
+def test_generate_draws_the_noise_the_quality_benchmarks_draw(tmp_path):
+    """Sample i of ``generate --seed 7`` starts from eval_quality's noise for (7, i): same images, any chunking."""
+    summary = generate(["--model", "dit-tiny", "--random-weights", "--steps", "2", "--num-samples", "3",
+                        "--chunk-size", "2", "--classes", "1", "2", "3", "--seed", "7", "--quiet",
+                        "--out", str(tmp_path / "gen")])
+    assert json.loads((tmp_path / "gen" / "run.json").read_text())["args"]["seed_rule"].startswith("SeedSequence")
+    spec = get_spec("dit-tiny")
+    model, _ = load_model(spec, random_weights=True)
+    request = SampleRequest((1, 2, 3), 2, 4.0, 0, "ddim",
+                            sample_seeds=tuple(eval_quality.sample_seed(7, i) for i in range(3)))
+    want = sample_with_plan(eager_dispatcher(model, spec, plan_for(full_schedule(2), spec)), spec, request)
+    with np.load(summary["output"]) as data:
+        torch.testing.assert_close(torch.from_numpy(data["arr_0"]), want)  # one batch of 3 vs chunks of 2 + 1

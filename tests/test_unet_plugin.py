@@ -11,9 +11,10 @@ pytest.importorskip("transformers", reason="a StableDiffusionPipeline needs tran
 import ditcache  # noqa: E402
 from ditcache.compiler.runtime.sampling import SampleRequest  # noqa: E402
 from ditcache.compiler.runtime.prompts import PromptEmbeddings  # noqa: E402
-from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan  # noqa: E402
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan  # noqa: E402
 from ditcache.compiler.runtime.sampling import make_scheduler  # noqa: E402
 from ditcache.graphs import get_spec, load_model, parse_schedule  # noqa: E402
+from ditcache.graphs.planning import plan_for  # noqa: E402
 
 STEPS = 5
 SCHEDULE = {"kind": "block-cache", "steps": STEPS, "recompute": {0: [0, 3], 2: [0, 2], 3: [0]}}

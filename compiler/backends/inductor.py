@@ -1,4 +1,6 @@
-"""torch.compile (inductor): one compiled callable per graph, fullgraph, parameters shared with the model."""
+"""inductor-jit: ``torch.compile`` at first call (dynamo + inductor in process), one compiled callable per graph,
+fullgraph, parameters shared with the model. Nothing is written at export; every process compiles again. The
+deployable torch path is the ``inductor`` backend (compiler/backends/inductor_aot.py: AOTInductor packages)."""
 
 from __future__ import annotations
 
@@ -20,14 +22,14 @@ def _allow_many_graphs() -> None:
             setattr(dynamo_config, name, GRAPH_LIMIT)
 
 
-class InductorBackend:
+class InductorJITBackend:
     """JIT backend: nothing is written at export; graphs compile on first call (warm-up).
 
     Options: ``cuda_graphs`` (CUDA only: ``mode="reduce-overhead"``, cudagraph trees; outputs are cloned
     so that recorded caches live in their own buffers, outside the captured outputs), ``mode``.
     """
 
-    name = "inductor"
+    name = "inductor-jit"
     writes_artifacts = False
 
     def unavailable_reason(self, settings: BuildSettings) -> str | None:
@@ -37,7 +39,7 @@ class InductorBackend:
             return "cuda_graphs needs --device cuda"
         unknown = set(settings.options) - {"cuda_graphs", "mode"}
         if unknown:
-            return f"unknown inductor option(s) {sorted(unknown)}; known: cuda_graphs, mode"
+            return f"unknown inductor-jit option(s) {sorted(unknown)}; known: cuda_graphs, mode"
         return None
 
     def versions(self) -> dict[str, str]:
@@ -55,7 +57,7 @@ class InductorBackend:
 
     def load(self, graph: GraphSpec, settings: BuildSettings, files) -> FlatFn:
         if graph.module is None:
-            raise ValueError(f"inductor compiles from the model: load {graph.name} with the model's weights")
+            raise ValueError(f"inductor-jit compiles from the model: load {graph.name} with the model's weights")
         _allow_many_graphs()
         cuda_graphs = bool(settings.options.get("cuda_graphs"))
         mode = "reduce-overhead" if cuda_graphs else settings.options.get("mode", DEFAULT_MODE)

@@ -43,6 +43,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ditcache.graphs.dtypes import TENSOR_DTYPES
+
 from ditcache.compiler.atomic import atomic_path, write_atomic
 from ditcache.compiler.backend import BackendUnavailable, BuildSettings, FlatFn, GraphSpec, TensorSpec, require
 
@@ -223,9 +225,7 @@ def _engine_io(engine: Any, graph: GraphSpec) -> tuple[list[str], list[str]]:
 def _trt_dtypes() -> dict[Any, torch.dtype]:
     import tensorrt as trt
 
-    pairs = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int32": torch.int32,
-             "int64": torch.int64, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
-    return {getattr(trt, k): v for k, v in pairs.items() if hasattr(trt, k)}
+    return {getattr(trt, k): v for k, v in TENSOR_DTYPES.items() if hasattr(trt, k)}  # trt names them as torch
 
 
 def _set_scratch(context: Any, ptr: int, size: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -13,8 +14,7 @@ from ditcache.graphs.plan import Plan
 from ditcache.graphs.registry import ModelSpec
 
 from ditcache.compiler.atomic import atomic_path
-from ditcache.compiler.runtime.dispatcher import Dispatcher
-from ditcache.compiler.runtime.interpreter import eager_variants
+from ditcache.compiler.runtime.build import build_dispatcher
 from ditcache.compiler.runtime.sampling import SampleRequest, sample
 
 
@@ -67,8 +67,8 @@ def fit_corrections(model: torch.nn.Module, spec: ModelSpec, plan: Plan, request
         corrected = x * scale + shift
         return h_in + corrected if plan.cache == "offset" else corrected
 
-    uncorrected = Plan(plan.num_blocks, plan.ranges, plan.steps, plan.cache, False, plan.schedule)
-    dispatcher = Dispatcher(uncorrected, eager_variants(parts, uncorrected, on_replay=observe))
+    uncorrected = replace(plan, corrected=False, corrections=None)
+    dispatcher = build_dispatcher(uncorrected, parts=parts, on_replay=observe)
     state["dispatcher"] = dispatcher
     dispatcher.reset()
     sample(dispatcher, spec, request, progress=progress)

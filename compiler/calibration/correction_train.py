@@ -22,10 +22,9 @@ from ditcache.graphs import parts_for
 from ditcache.graphs.corrections import identity_corrections, range_channel_shapes
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.registry import ModelSpec
-from ditcache.graphs.variants import build_segments
 
-from ditcache.compiler.runtime.dispatcher import Dispatcher, VariantFn
-from ditcache.compiler.runtime.interpreter import segment_variant_fn
+from ditcache.compiler.runtime.build import build_dispatcher
+from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
 
 
@@ -40,16 +39,6 @@ class TrainingLog:
     def initial_loss(self) -> float:
         """The loss of the starting corrections."""
         return self.epoch_losses[0] if self.epoch_losses else self.final_loss
-
-
-def _detaching(fn: VariantFn) -> VariantFn:
-    """The variant with its recorded caches cut from the graph (a step's loss trains only that step)."""
-
-    def run(inputs, caches, corrections):
-        out, recorded = fn(inputs, caches, corrections)
-        return out, {k: v.detach() for k, v in recorded.items()}
-
-    return run
 
 
 def _run_epoch(dispatcher: Dispatcher, teacher, spec: ModelSpec, request: SampleRequest, learn: bool) -> float:
@@ -105,10 +94,7 @@ def train_corrections(
     corrected = dataclasses.replace(plan, corrected=True)
     start = init if init is not None else identity_corrections(plan, range_channel_shapes(parts, plan))
     params = {k: v.detach().clone().float().requires_grad_(True) for k, v in start.items()}
-    segments = build_segments(parts, corrected)
-    variants = {v.name: _detaching(segment_variant_fn(corrected, v, segments, parts.hidden_name))
-                for v in corrected.variants}
-    dispatcher = Dispatcher(corrected, variants, params)
+    dispatcher = build_dispatcher(corrected, parts=parts, corrections=params, trainable=True)
     teacher = model_denoiser(model)
     optimizer = torch.optim.Adam(params.values(), lr=lr)
     flags = [p.requires_grad for p in model.parameters()]

@@ -1,54 +1,26 @@
-"""Block caching's measurements: per-block relative L1 change curves over sampling steps, streamed."""
+"""Block caching's measurements: per-block relative L1 change curves over sampling steps, streamed (the file format
+and its reader are graphs.curves')."""
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from ditcache.graphs import parts_for
+from ditcache.graphs.curves import ChangeCurves
 from ditcache.graphs.registry import ModelSpec
-from ditcache.graphs.schedule import CURVES_FORMAT
 from ditcache.graphs.segments import block_modules
 
 from ditcache.compiler.atomic import atomic_path, write_atomic
 from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
 
 
-@dataclass
-class ChangeCurves:
-    """``mean[i][s]``: average over samples of ‖F_i(s) − F_i(s−1)‖₁ / ‖F_i(s)‖₁ (``s = 0`` is 0).
-
-    Args:
-        num_blocks, steps: the curves' shape.
-        mean, std: per block, per step, over ``count`` samples (every row of the model batch, the
-            guidance's unconditional half included).
-        meta: what the curves belong to (model, weights, sampler, guidance, classes, seeds).
-    """
-
-    num_blocks: int
-    steps: int
-    mean: list[list[float]]
-    std: list[list[float]]
-    count: int
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write as the JSON that schedule.yaml's ``curves:`` reads (atomic)."""
-        data = {"format": CURVES_FORMAT, **asdict(self)}
-        write_atomic(path, json.dumps(data, indent=1))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "ChangeCurves":
-        data = json.loads(Path(path).read_text())
-        if data.pop("format", None) != CURVES_FORMAT:
-            raise ValueError(f"{path} is not a ditcache curves file; make one with `ditcache calibrate`")
-        return cls(**data)
+def save_curves(curves: ChangeCurves, path: str | os.PathLike) -> None:
+    """Write the JSON that schedule.yaml's ``curves:`` reads (atomic; the format is graphs.curves')."""
+    write_atomic(path, curves.to_json())
 
 
 class _Welford:

@@ -6,6 +6,7 @@ from typing import Mapping
 
 import torch
 
+from ditcache.graphs.dtypes import dtype_of
 from ditcache.graphs.plan import Plan, Variant
 from ditcache.graphs.segments import Segment
 from ditcache.graphs.variants import cache_input_name
@@ -14,16 +15,12 @@ from ditcache.compiler.backend import FlatFn, GraphSpec
 from ditcache.compiler.runtime.dispatcher import VariantFn
 from ditcache.compiler.runtime.interpreter import segment_variant_fn
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "int64": torch.int64, "int32": torch.int32}
-
-
 def cast_inputs(graph: GraphSpec, values: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     """The graph's inputs in order, each cast to the dtype it was built with."""
     out = []
     for spec in graph.inputs:
         value = values[spec.name]
-        dtype = _DTYPES[spec.dtype]
+        dtype = dtype_of(spec.dtype)
         out.append(value if value.dtype == dtype else value.to(dtype))
     return out
 

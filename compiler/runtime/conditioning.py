@@ -73,7 +73,7 @@ class TextConditioning:
     def num_images(self) -> int:
         return self.prompts.num_images
 
-    def _half(self, embeds: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _half(self, embeds: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None) -> dict[str, torch.Tensor]:
         n, size = embeds.shape[0], float(self.image_size)
         values = {
             "encoder_hidden_states": embeds,  # (N, L, C)
@@ -81,15 +81,18 @@ class TextConditioning:
             "resolution": torch.tensor([[size, size]]).expand(n, 2),  # (N, 2) height, width
             "aspect_ratio": torch.ones(n, 1),  # (N, 1) height / width
         }
+        if pooled is not None:
+            values["pooled_projections"] = pooled  # (N, P): FLUX / SD3
         unknown = [name for name in self.names if name not in values]
         if unknown:
             raise ValueError(f"text conditioning has no value for the model input {unknown[0]!r}")
         return {name: values[name] for name in self.names}
 
     def inputs(self, cfg: bool, dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
-        cond = self._half(self.prompts.embeds, self.prompts.mask)
+        pooled = "pooled_projections" in self.names
+        cond = self._half(self.prompts.embeds, self.prompts.mask, self.prompts.pooled if pooled else None)
         if cfg:
-            uncond = self._half(*self.prompts.negatives())
+            uncond = self._half(*self.prompts.negatives(), self.prompts.negative_pooling() if pooled else None)
             cond = {k: torch.cat([uncond[k], cond[k]]) for k in cond}  # (2N, ...): unconditional first
         return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in cond.items()}
 
@@ -98,10 +101,16 @@ class TextConditioning:
         return uncond + scale * (cond - uncond)
 
 
+# inputs the sampling loop sets itself, not the conditioning (FLUX.1-dev's embedded guidance scale)
+SAMPLER_INPUTS = ("guidance",)
+
+
 def text_channels(spec: ModelSpec) -> int | None:
     """Channels the model expects in ``encoder_hidden_states`` (PixArt: caption_channels; U-Nets: the
-    cross-attention width)."""
-    value = spec.config.get("caption_channels") or spec.config.get("cross_attention_dim")
+    cross-attention width; FLUX / SD3: joint_attention_dim; Wan: text_dim)."""
+    config = spec.config
+    value = (config.get("caption_channels") or config.get("cross_attention_dim") or config.get("joint_attention_dim")
+             or config.get("text_dim"))
     return None if value is None else int(value)
 
 
@@ -125,7 +134,11 @@ def conditioning_for(spec: ModelSpec, class_labels: tuple[int, ...], prompts: Pr
                              f"{spec.text_length} tokens, as the tokenizer does with padding='max_length'")
         if cfg:
             prompts.negatives()  # raises with the fix when there are none
-        return TextConditioning(prompts, tuple(spec.conditioning_inputs), spec.image_size)
+        names = tuple(n for n in spec.conditioning_inputs if n not in SAMPLER_INPUTS)
+        if "pooled_projections" in names:
+            _check_pooled(spec, prompts, cfg)
+        image_size = spec.image_size if "resolution" in names else 0  # only PixArt's micro-conditions read it
+        return TextConditioning(prompts, names, image_size)
     if prompts is not None:
         raise ValueError(f"{spec.name} is class-conditional: give class labels, not prompt embeddings")
     if not class_labels:
@@ -134,3 +147,15 @@ def conditioning_for(spec: ModelSpec, class_labels: tuple[int, ...], prompts: Pr
     if bad:
         raise ValueError(f"class {bad[0]} is outside {spec.name}'s classes 0..{spec.num_classes - 1}")
     return ClassConditioning(tuple(class_labels), spec.null_class)
+
+
+def _check_pooled(spec: ModelSpec, prompts: PromptEmbeddings, cfg: bool) -> None:
+    """Raise ValueError unless the prompts carry pooled embeddings of the width the model takes (FLUX, SD3)."""
+    width = int(spec.config["pooled_projection_dim"])
+    if prompts.pooled is None:
+        raise ValueError(f"{spec.name} also takes pooled text embeddings: add pooled_prompt_embeds (N, {width}) to the "
+                         f"embeddings file (FluxPipeline / StableDiffusion3Pipeline.encode_prompt return them)")
+    if prompts.pooled.shape[1] != width:
+        raise ValueError(f"the pooled embeddings have {prompts.pooled.shape[1]} channels, {spec.name} takes {width}")
+    if cfg:
+        prompts.negative_pooling()  # raises with the fix when there are none

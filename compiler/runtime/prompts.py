@@ -11,6 +11,8 @@ import torch
 # keys of an embeddings file (PixArtAlphaPipeline.encode_prompt's outputs)
 EMBEDS, MASK = "prompt_embeds", "prompt_attention_mask"
 NEGATIVE_EMBEDS, NEGATIVE_MASK = "negative_prompt_embeds", "negative_prompt_attention_mask"
+# pooled text embeddings of the MMDiT families (FluxPipeline / StableDiffusion3Pipeline.encode_prompt's names)
+POOLED, NEGATIVE_POOLED = "pooled_prompt_embeds", "negative_pooled_prompt_embeds"
 
 
 @dataclass(frozen=True, eq=False)
@@ -22,12 +24,16 @@ class PromptEmbeddings:
         mask: (N, L) 1 for tokens, 0 for padding.
         negative_embeds: (N, L, C), or (1, L, C) shared by all images; None: no guidance possible.
         negative_mask: (N, L) or (1, L), like ``mask``.
+        pooled: (N, P) pooled text embedding per image (FLUX: CLIP's, SD3: both CLIPs'), for models that take one.
+        negative_pooled: (N, P) or (1, P), the negative prompt's; needed with ``pooled`` under guidance.
     """
 
     embeds: torch.Tensor
     mask: torch.Tensor
     negative_embeds: torch.Tensor | None = None
     negative_mask: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    negative_pooled: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.embeds.ndim != 3:
@@ -44,6 +50,17 @@ class PromptEmbeddings:
                                  f"(1 or {n}, {length}, {self.embeds.shape[2]}) like {EMBEDS}")
             if tuple(self.negative_mask.shape) != (rows, length):
                 raise ValueError(f"{NEGATIVE_MASK} has shape {tuple(self.negative_mask.shape)}, needs ({rows}, {length})")
+        if self.pooled is None and self.negative_pooled is not None:
+            raise ValueError(f"{NEGATIVE_POOLED} given without {POOLED}")
+        if self.pooled is not None:
+            if self.pooled.ndim != 2 or self.pooled.shape[0] != n:
+                raise ValueError(f"{POOLED} must be ({n}, channels) like {EMBEDS}'s images, got "
+                                 f"{tuple(self.pooled.shape)}")
+            neg = self.negative_pooled
+            width = self.pooled.shape[1]
+            if neg is not None and (neg.ndim != 2 or neg.shape[0] not in (1, n) or neg.shape[1] != width):
+                raise ValueError(f"{NEGATIVE_POOLED} has shape {tuple(neg.shape)}; it must be (1 or {n}, "
+                                 f"{width}) like {POOLED}")
 
     @property
     def num_images(self) -> int:
@@ -67,20 +84,34 @@ class PromptEmbeddings:
         n = self.num_images
         return (self.negative_embeds.expand(n, -1, -1), self.negative_mask.expand(n, -1))
 
+    def negative_pooling(self) -> torch.Tensor:
+        """The negative prompt's pooled embedding, one row per image."""
+        if self.negative_pooled is None:
+            raise ValueError(f"classifier-free guidance with pooled embeddings needs {NEGATIVE_POOLED} (the empty "
+                             f"prompt's): add it to the embeddings file, or sample with --guidance 1 (no guidance)")
+        return self.negative_pooled.expand(self.num_images, -1)
+
     def select(self, rows: Sequence[int]) -> "PromptEmbeddings":
         """The embeddings of images ``rows`` (e.g. to repeat a prompt or cycle prompts over many images)."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
         neg = None if self.negative_embeds is None else self.negatives()
+        pooled = None if self.pooled is None else self.pooled[index]
+        neg_pooled = None if self.negative_pooled is None else self.negative_pooling()[index]
         return PromptEmbeddings(self.embeds[index], self.mask[index],
-                                None if neg is None else neg[0][index], None if neg is None else neg[1][index])
+                                None if neg is None else neg[0][index], None if neg is None else neg[1][index],
+                                pooled, neg_pooled)
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-        """Write a safetensors file with the four keys PixArtAlphaPipeline uses."""
+        """Write a safetensors file with the keys PixArtAlphaPipeline uses (and the pooled ones, where given)."""
         from safetensors.torch import save_file
 
         tensors = {EMBEDS: self.embeds, MASK: self.mask}
         if self.negative_embeds is not None:
             tensors.update({NEGATIVE_EMBEDS: self.negative_embeds, NEGATIVE_MASK: self.negative_mask})
+        if self.pooled is not None:
+            tensors[POOLED] = self.pooled
+        if self.negative_pooled is not None:
+            tensors[NEGATIVE_POOLED] = self.negative_pooled
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
@@ -88,7 +119,8 @@ class PromptEmbeddings:
     @classmethod
     def load(cls, path: str | Path) -> "PromptEmbeddings":
         """Read an embeddings file: ``prompt_embeds`` (N, L, C) and optionally ``prompt_attention_mask`` (N, L)
-        (default: all tokens kept), ``negative_prompt_embeds`` and ``negative_prompt_attention_mask``."""
+        (default: all tokens kept), ``negative_prompt_embeds`` and ``negative_prompt_attention_mask``, and for FLUX
+        and SD3 ``pooled_prompt_embeds`` (N, P) and ``negative_pooled_prompt_embeds``."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -107,8 +139,11 @@ class PromptEmbeddings:
         negative_mask = tensors.get(NEGATIVE_MASK)
         if negative is not None and negative_mask is None:
             negative_mask = torch.ones(negative.shape[:2], dtype=torch.long)
+        pooled, negative_pooled = tensors.get(POOLED), tensors.get(NEGATIVE_POOLED)
         return cls(embeds, mask, None if negative is None else negative.float(),
-                   None if negative_mask is None else negative_mask.long())
+                   None if negative_mask is None else negative_mask.long(),
+                   None if pooled is None else pooled.float(),
+                   None if negative_pooled is None else negative_pooled.float())
 
 
 def synthetic_prompts(images: int, length: int, channels: int, seed: int = 0, tokens: int = 20) -> PromptEmbeddings:

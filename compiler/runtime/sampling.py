@@ -8,12 +8,14 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ditcache.graphs.flow_spec import FlowModelSpec
 from ditcache.graphs.registry import ModelSpec
 
 from ditcache.compiler.runtime.conditioning import Conditioning, conditioning_for
 from ditcache.compiler.runtime.prompts import PromptEmbeddings
 
-SCHEDULERS = ("ddim", "dpm++", "euler", "ddpm", "lcm")
+SCHEDULERS = ("ddim", "dpm++", "euler", "ddpm", "lcm", "flow-euler", "flow-unipc")
+FLOW_SCHEDULERS = ("flow-euler", "flow-unipc")  # flow matching (FLUX, SD3, Wan): compiler/runtime/flow_sampling.py
 
 Denoiser = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -28,6 +30,8 @@ def make_scheduler(name: str, config: Mapping[str, Any]):
         "euler": diffusers.EulerDiscreteScheduler,
         "ddpm": diffusers.DDPMScheduler,
         "lcm": diffusers.LCMScheduler,
+        "flow-euler": diffusers.FlowMatchEulerDiscreteScheduler,  # FluxPipeline, StableDiffusion3Pipeline
+        "flow-unipc": diffusers.UniPCMultistepScheduler,  # WanPipeline (its config sets flow prediction)
     }
     if name not in classes:
         raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
@@ -43,7 +47,8 @@ class SampleRequest:
         steps: sampling steps (must equal the schedule's).
         guidance_scale: classifier-free guidance; <= 1 disables it (no batch doubling).
         seed: seeds the initial noise (same generator use as diffusers' DiTPipeline).
-        scheduler: ``ddim``, ``dpm++``, ``euler``, ``ddpm`` or ``lcm``.
+        scheduler: ``ddim``, ``dpm++``, ``euler``, ``ddpm``, ``lcm``, or for flow-matching models ``flow-euler``
+            (FLUX, SD3) and ``flow-unipc`` (Wan).
         sample_seeds: one seed per image instead of ``seed``: each image's noise then depends only on its
             own seed, so batching and sharding do not change it.
         prompts: text-conditioned models: prompt embeddings, one row per image (instead of class labels),
@@ -120,8 +125,13 @@ def sample(
 
     Mirrors diffusers' DiTPipeline (class labels) and PixArtAlphaPipeline (prompt embeddings): noise from one
     seeded generator, which stochastic schedulers (LCM, DDPM) also draw from; guidance on the epsilon channels;
-    learned-sigma channels dropped. Steps the scheduler from the unscaled sample.
+    learned-sigma channels dropped. Steps the scheduler from the unscaled sample. Flow-matching schedulers sample
+    as the FLUX, SD3 and Wan pipelines do (:func:`~ditcache.compiler.runtime.flow_sampling.sample_flow`).
     """
+    if request.scheduler in FLOW_SCHEDULERS or isinstance(spec, FlowModelSpec):
+        from ditcache.compiler.runtime.flow_sampling import sample_flow
+
+        return sample_flow(denoiser, spec, request, scheduler_config, progress, dtype, device)
     conditioning = request.conditioning(spec)
     scheduler = make_scheduler(request.scheduler, scheduler_config or spec.scheduler_config)
     channels = spec.in_channels

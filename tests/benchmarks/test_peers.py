@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from ditcache.benchmarks import peers
-from ditcache.compiler.runtime.runner import plan_for
 from ditcache.compiler.runtime.sampling import SampleRequest
 from ditcache.graphs import costs_for, parse_schedule
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.registry import get_spec
 from ditcache.graphs.weights import load_model
 

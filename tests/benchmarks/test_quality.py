@@ -157,7 +157,7 @@ def test_eval_quality_rejects_unknown_schedules(tmp_path, capsys):
 
 def test_every_schedule_builds_a_plan_with_the_expected_speedup():
     from ditcache.benchmarks import eval_quality
-    from ditcache.compiler.runtime.runner import plan_for
+    from ditcache.graphs.planning import plan_for
     from ditcache.graphs import costs_for, get_spec
 
     spec = get_spec("dit-fmnist")
@@ -176,7 +176,7 @@ def test_every_schedule_builds_a_plan_with_the_expected_speedup():
     for name in ("blockcache-1.55x", "blockcache-1.8x"):
         assert speed[f"{name}-cf"] == speed[f"{name}-tr"] == speed[name]
         corrected = eval_quality.load_entry(name, eval_quality.SCHEDULES[f"{name}-tr"][1])
-        assert corrected.params["scale_shift"].endswith("trained.safetensors")
+        assert corrected.corrections.name.endswith("trained.safetensors")
 
 
 # ---- block roles --------------------------------------------------------------------------------

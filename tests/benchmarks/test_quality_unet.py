@@ -16,7 +16,7 @@ needs_schedules = pytest.mark.skipif(
 @needs_schedules
 def test_unet_schedules_build_plans_at_their_targets():
     from ditcache.benchmarks import eval_quality
-    from ditcache.compiler.runtime.runner import plan_for
+    from ditcache.graphs.planning import plan_for
     from ditcache.graphs import costs_for, get_spec
 
     table, out = eval_quality.MODELS["unet-fmnist"]
@@ -33,7 +33,7 @@ def test_unet_schedules_build_plans_at_their_targets():
     for target in ("1.08", "1.11"):
         name = f"blockcache-{target}x"
         assert speed[f"{name}-cf"] == speed[name]
-        assert eval_quality.load_entry(name, table[f"{name}-cf"][1]).params["scale_shift"].endswith(
+        assert eval_quality.load_entry(name, table[f"{name}-cf"][1]).corrections.name.endswith(
             "closed-form.safetensors")
         if f"{name}-tr" in speed:
             assert speed[f"{name}-tr"] == speed[name]

@@ -52,3 +52,37 @@ def test_mode_follows_the_umask_and_mkdir(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert json.loads(path.read_text()) == {"a": 1} and path.read_text().endswith("\n")
+
+
+def test_tagged_temporary_name_for_resume_protocols(tmp_path):
+    """``tmp_tag``: the visible ``<name>.tmp-<tag>`` a resumed ``generate`` finds and removes."""
+    path = tmp_path / "chunk-000001.npz"
+    with atomic_path(path, tmp_tag="123") as tmp:
+        assert tmp == tmp_path / "chunk-000001.npz.tmp-123"
+        tmp.write_bytes(b"new")
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["chunk-000001.npz"]
+    with pytest.raises(RuntimeError):
+        with atomic_path(path, tmp_tag="123") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["chunk-000001.npz"]
+    write_json_atomic(tmp_path / "run.json", {"b": 1, "a": 2}, tmp_tag="9", sort_keys=True)
+    assert (tmp_path / "run.json").read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+
+
+def test_fsync_folder_flushes_the_folder_after_the_rename(tmp_path, monkeypatch):
+    from ditcache.compiler import atomic
+
+    calls = []
+    monkeypatch.setattr(atomic, "_fsync_folder", lambda folder: calls.append((folder, (tmp_path / "a").exists())))
+    write_atomic(tmp_path / "a", b"x", fsync_folder=True)
+    assert calls == [(tmp_path, True)]  # after the rename: the new name is what gets flushed
+    write_atomic(tmp_path / "b", b"x")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "c", fsync_folder=True) as tmp:
+            tmp.write_bytes(b"x")
+            raise RuntimeError("failed")
+    assert calls == [(tmp_path, True)]  # not without the option, nor after a failed write
+    monkeypatch.undo()
+    atomic._fsync_folder(tmp_path / "missing")  # a folder that cannot be opened: no error (best effort)
+    atomic._fsync_folder(tmp_path)

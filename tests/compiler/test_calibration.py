@@ -9,9 +9,10 @@ import torch
 
 from ditcache.cli import main
 from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
-from ditcache.compiler.calibration.curves import ChangeCurves, calibrate, relative_l1
-from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.calibration.curves import ChangeCurves, calibrate, relative_l1, save_curves
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.graphs import ScheduleError, get_spec, load_schedule
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.auto_schedule import plan_for_threshold, threshold_for_target
 
 STEPS = 6
@@ -78,12 +79,12 @@ def _unit():
 
 def test_calibrate_schedule_export_run(tmp_path, curves, capsys):
     curves.meta["model"] = "dit-tiny"
-    curves.save(tmp_path / "curves.json")
+    save_curves(curves, tmp_path / "curves.json")
     assert main(["auto-schedule", "--curves", str(tmp_path / "curves.json"), "--target-speedup", "1.3",
                  "--out", str(tmp_path / "s.yaml")]) == 0
     assert "theoretical speedup" in capsys.readouterr().out
     schedule = load_schedule(tmp_path / "s.yaml")
-    assert schedule.params["calibration"]["sampler"] == "ddim"
+    assert schedule.calibration.sampler == "ddim" and schedule.calibration.model == "dit-tiny"
     assert main(["export-engines", "--model", "dit-tiny", "--random-weights", "--schedule", str(tmp_path / "s.yaml"),
                  "--backend", "eager", "--out", str(tmp_path / "eng"), "--batch-size", "2", "--quiet"]) == 0
     assert main(["run", "--engines", str(tmp_path / "eng"), "--classes", "3", "4", "--schedule",
@@ -103,19 +104,19 @@ def test_calibrate_schedule_export_run(tmp_path, curves, capsys):
 
 def test_calibration_for_another_model_or_steps_is_refused(tmp_path, curves, tiny_spec):
     curves.meta["model"] = "dit-s"
-    curves.save(tmp_path / "curves.json")
+    save_curves(curves, tmp_path / "curves.json")
     (tmp_path / "s.yaml").write_text(f"kind: block-cache\nsteps: {STEPS}\nthreshold: 0.2\ncurves: curves.json\n")
     with pytest.raises(ValueError, match="calibrated on dit-s, not dit-tiny"):
         plan_for(load_schedule(tmp_path / "s.yaml"), tiny_spec)
-    with pytest.raises(ScheduleError, match="model with 4 blocks, this model has 12"):
-        load_schedule(tmp_path / "s.yaml").to_plan(12)
+    with pytest.raises(ScheduleError, match="model with 4 blocks, dit-s has 12"):
+        plan_for(load_schedule(tmp_path / "s.yaml"), get_spec("dit-s"))
     (tmp_path / "s8.yaml").write_text("kind: block-cache\nsteps: 8\nthreshold: 0.2\ncurves: curves.json\n")
     with pytest.raises(ScheduleError, match="measured for 6 steps"):
         load_schedule(tmp_path / "s8.yaml")
 
 
 def test_curves_file_roundtrip_and_plot(tmp_path, curves):
-    curves.save(tmp_path / "c.json")
+    save_curves(curves, tmp_path / "c.json")
     assert json.loads((tmp_path / "c.json").read_text())["format"] == "ditcache-curves/1"
     assert ChangeCurves.load(tmp_path / "c.json").mean == curves.mean
     pytest.importorskip("matplotlib", reason="plots need the bench extra")

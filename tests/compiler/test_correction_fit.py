@@ -9,8 +9,9 @@ import torch
 from ditcache.cli import main
 from ditcache.compiler.runtime.sampling import model_denoiser, sample
 from ditcache.compiler.calibration.correction_fit import calibration_request, fit_corrections, least_squares_affine
-from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
-from ditcache.graphs import load_schedule, parse_schedule
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
+from ditcache.graphs import get_spec, load_schedule, parse_schedule
+from ditcache.graphs.planning import plan_for
 
 SCHEDULE = {"kind": "block-cache", "steps": 8, "recompute": {1: [0, 4], 2: [0, 3, 6], 3: [0]}}
 
@@ -47,8 +48,9 @@ def test_cli_fit_correction_writes_a_usable_schedule(tmp_path, capsys):
     assert main(["fit-correction", "--model", "dit-tiny", "--random-weights", "--schedule", str(tmp_path / "s.yaml"),
                  "--classes", "1", "2", "--seeds", "0", "--out", str(tmp_path / "c.safetensors"), "--quiet"]) == 0
     schedule = load_schedule(tmp_path / "s-corrected.yaml")
-    assert schedule.params["scale_shift"].endswith("c.safetensors")
-    assert schedule.to_plan(4).corrected
+    assert schedule.corrections == (tmp_path / "c.safetensors").resolve()
+    assert yaml.safe_load((tmp_path / "s-corrected.yaml").read_text())["scale_shift"] == "c.safetensors"  # relative
+    assert plan_for(schedule, get_spec("dit-tiny")).corrected
     assert main(["sample", "--model", "dit-tiny", "--random-weights", "--schedule", str(tmp_path / "s-corrected.yaml"),
                  "--classes", "1", "--quiet", "--out", str(tmp_path / "o")]) == 0
     capsys.readouterr()

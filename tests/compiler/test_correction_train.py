@@ -11,8 +11,9 @@ from ditcache.cli import main
 from ditcache.compiler.runtime.sampling import model_denoiser, sample
 from ditcache.compiler.calibration.correction_fit import calibration_request, fit_corrections
 from ditcache.compiler.calibration.correction_train import train_corrections
-from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
-from ditcache.graphs import load_schedule, parse_schedule
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
+from ditcache.graphs import get_spec, load_schedule, parse_schedule
+from ditcache.graphs.planning import plan_for
 
 SCHEDULE = {"kind": "block-cache", "steps": 8, "recompute": {1: [0, 4], 2: [0, 3, 6], 3: [0]}}
 
@@ -74,7 +75,7 @@ def test_cli_trained_correction(tmp_path, capsys):
         meta = f.metadata()
     assert meta["method"] == "trained" and meta["init"] == "identity" and meta["epochs"] == "2"
     schedule = load_schedule(tmp_path / "s-corrected.yaml")
-    assert schedule.to_plan(4).corrected
+    assert plan_for(schedule, get_spec("dit-tiny")).corrected
     with pytest.raises(SystemExit):
         main(["fit-correction", "--model", "dit-tiny", "--random-weights", "--schedule", str(tmp_path / "s.yaml"),
               "--method", "trained", "--epochs", "0"])

@@ -19,6 +19,7 @@ from ditcache.compiler.graph_specs import plan_graphs  # noqa: E402
 from ditcache.compiler.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from ditcache.compiler.runtime.sampling import model_denoiser  # noqa: E402
 from ditcache.graphs import parse_schedule  # noqa: E402
+from ditcache.graphs.planning import plan_for  # noqa: E402
 from ditcache.graphs.variants import build_segments  # noqa: E402
 
 BATCH = 4
@@ -68,7 +69,7 @@ def _random_inputs(parts, steps: int, seed: int = 123) -> list[dict[str, torch.T
 @pytest.mark.parametrize("granularity", ["variant", "segment"])
 @pytest.mark.parametrize("kind", list(PLANS))
 def test_dispatcher_matches_eager(kind, granularity, built, tiny_parts, tiny_model):
-    plan = parse_schedule(PLANS[kind]).to_plan(tiny_parts.num_blocks)
+    plan = plan_for(parse_schedule(PLANS[kind]), tiny_parts.spec)
     graphs = plan_graphs(tiny_parts, plan, granularity, batch=BATCH, dtype=torch.float32)
     entries = {g.name: built(g) for g in graphs}
     for name, (graph, files, _) in entries.items():
@@ -102,7 +103,7 @@ def test_fp16_variant_runs_on_cpu(backend, tiny_model, tiny_spec, tmp_path):
 
     model = copy.deepcopy(tiny_model).half()  # the session fixture model stays fp32
     parts = DiTParts(model, tiny_spec)
-    plan = parse_schedule(PLANS["delta-dit"]).to_plan(parts.num_blocks)
+    plan = plan_for(parse_schedule(PLANS["delta-dit"]), tiny_spec)
     graph = next(g for g in plan_graphs(parts, plan, "variant", BATCH, torch.float16)
                  if g.name == "variant.back-skipped")
     settings = BuildSettings("fp16", "cpu", {})
@@ -125,7 +126,7 @@ def test_fp16_variant_runs_on_cpu(backend, tiny_model, tiny_spec, tmp_path):
 
 @pytest.fixture
 def one_graph(built, tiny_parts):
-    plan = parse_schedule(PLANS["delta-dit"]).to_plan(tiny_parts.num_blocks)
+    plan = plan_for(parse_schedule(PLANS["delta-dit"]), tiny_parts.spec)
     graph = next(g for g in plan_graphs(tiny_parts, plan, "segment", BATCH, torch.float32) if g.name == "segment.tail")
     return built(graph)
 

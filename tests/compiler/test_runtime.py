@@ -10,8 +10,9 @@ from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
 
 from ditcache.compiler.runtime.interpreter import eager_variants
-from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.graphs import full_schedule, parse_schedule
+from ditcache.graphs.planning import plan_for
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,8 @@ def test_guidance_off_does_not_double_the_batch(tiny_model, tiny_spec):
 
 
 def test_dispatcher_frees_caches_and_needs_reset(tiny_parts, tiny_spec):
-    plan = parse_schedule({"kind": "delta-dit", "steps": 4, "boundary": 4, "interval": 2, "cached_blocks": 2}
-                          ).to_plan(4)
+    plan = plan_for(parse_schedule({"kind": "delta-dit", "steps": 4, "boundary": 4, "interval": 2, "cached_blocks": 2}
+                          ), tiny_spec)
     dispatcher = Dispatcher(plan, eager_variants(tiny_parts, plan))
     x = tiny_parts.example_inputs(2)
     dispatcher(x)
@@ -82,10 +83,10 @@ def test_dispatcher_frees_caches_and_needs_reset(tiny_parts, tiny_spec):
 
 
 def test_dispatcher_rejects_missing_variants_and_corrections(tiny_parts):
-    plan = parse_schedule({"kind": "delta-dit", "steps": 4, "interval": 2, "cached_blocks": 2}).to_plan(4)
+    plan = plan_for(parse_schedule({"kind": "delta-dit", "steps": 4, "interval": 2, "cached_blocks": 2}), tiny_parts.spec)
     with pytest.raises(ValueError, match="no callable for variant"):
         Dispatcher(plan, {})
-    corrected = parse_schedule({"kind": "block-cache", "steps": 3, "recompute": {1: [0]}}).to_plan(4)
+    corrected = plan_for(parse_schedule({"kind": "block-cache", "steps": 3, "recompute": {1: [0]}}), tiny_parts.spec)
     object.__setattr__(corrected, "corrected", True)
     with pytest.raises(ValueError, match="no corrections"):
         Dispatcher(corrected, eager_variants(tiny_parts, corrected))

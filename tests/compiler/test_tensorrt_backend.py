@@ -22,6 +22,7 @@ from ditcache.compiler.backends.tensorrt import (
     match_names,
 )
 from ditcache.graphs import parse_schedule, parts_for
+from ditcache.graphs.planning import plan_for
 
 CUDA = BuildSettings("fp32", "cuda")
 SKIP_NO_TENSORRT = ("TensorRT is not installed: NVIDIA's wheels need NVIDIA's package index and an NVIDIA GPU, so "
@@ -157,8 +158,7 @@ def test_match_names_by_name_then_by_position():
 
 
 def test_segment_output_named_as_in_the_onnx_file(tiny_parts, tiny_spec):
-    plan = parse_schedule({"kind": "delta-dit", "steps": 4, "interval": 2, "cached_blocks": 2}).to_plan(
-        tiny_spec.num_blocks)
+    plan = plan_for(parse_schedule({"kind": "delta-dit", "steps": 4, "interval": 2, "cached_blocks": 2}), tiny_spec)
     blocks = next(g for g in plan_graphs(tiny_parts, plan, "segment", 2, torch.float32) if "blocks" in g.name)
     assert blocks.input_names[0] == "h" and _file_output_names(blocks) == ("h_out",)
 
@@ -179,8 +179,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 def _cuda_graphs(tiny_parts, tiny_spec, precision: str, granularity: str = "variant") -> list[GraphSpec]:
     dtype = DTYPES[precision]
     parts = parts_for(copy.deepcopy(tiny_parts.model).to("cuda", dtype).eval(), tiny_spec)
-    plan = parse_schedule({"kind": "delta-dit", "steps": 4, "interval": 2, "cached_blocks": 2}).to_plan(
-        tiny_spec.num_blocks)
+    plan = plan_for(parse_schedule({"kind": "delta-dit", "steps": 4, "interval": 2, "cached_blocks": 2}), tiny_spec)
     return plan_graphs(parts, plan, granularity, 2, dtype)  # batch 2: one image with its CFG twin
 
 

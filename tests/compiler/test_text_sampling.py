@@ -8,9 +8,10 @@ import torch
 
 from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
 from ditcache.compiler.runtime.prompts import PromptEmbeddings, encode_prompts
-from ditcache.compiler.runtime.runner import eager_dispatcher, plan_for, sample_with_plan
+from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.compiler.runtime.sampling import make_scheduler
 from ditcache.graphs import full_schedule, get_spec, load_model, parse_schedule
+from ditcache.graphs.planning import plan_for
 
 DELTA = {"kind": "delta-dit", "steps": 6, "boundary": 3, "interval": 2, "cached_blocks": 2}
 

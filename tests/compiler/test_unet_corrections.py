@@ -14,6 +14,7 @@ from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.runtime.interpreter import eager_variants
 from ditcache.compiler.runtime.sampling import model_denoiser, sample
 from ditcache.graphs import get_spec, load_model, parse_schedule, parts_for
+from ditcache.graphs.planning import plan_for
 
 SCHEDULE = {"kind": "block-cache", "steps": 5, "recompute": {0: [0, 2], 1: [0], 4: [0, 3]}}  # 64, 128, 64 channels
 
@@ -33,7 +34,7 @@ def test_fitted_and_trained_corrections_on_unet_fmnist():
     spec = get_spec("unet-fmnist")
     model, _ = load_model(spec, random_weights=True, seed=3)
     parts = parts_for(model, spec)
-    plan = parse_schedule(SCHEDULE).to_plan(spec.num_blocks)
+    plan = plan_for(parse_schedule(SCHEDULE), spec)
     request = calibration_request((1, 5), (0,), plan.num_steps, 4.0, "ddim")
     fitted = fit_corrections(model, spec, plan, request)
     for r in plan.ranges:

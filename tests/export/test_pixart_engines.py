@@ -14,6 +14,7 @@ from ditcache.export.export_engines import ExportRequest, export_engines
 from ditcache.export.load import load_engines
 from ditcache.export.manifest import MANIFEST_NAME
 from ditcache.graphs import full_schedule, get_spec, load_model, load_schedule
+from ditcache.graphs.planning import plan_for
 
 SCHEDULES = {
     # steps 0..5: full+rec-back, back-skipped, full, full, full+rec-front, front-skipped
@@ -38,7 +39,7 @@ def reference(model_name: str, plan, request):
     spec = get_spec(model_name)
     model, _ = load_model(spec, random_weights=True)
     cached = sample_with_plan(eager_dispatcher(model, spec, plan), spec, request)
-    full = sample_with_plan(eager_dispatcher(model, spec, full_schedule(plan.num_steps).to_plan(spec.num_blocks)),
+    full = sample_with_plan(eager_dispatcher(model, spec, plan_for(full_schedule(plan.num_steps), spec)),
                             spec, request)
     return cached, full
 
@@ -115,13 +116,14 @@ def test_cli_export_and_run_with_embeddings(tmp_path, pixart_prompts, capsys):
 
 def test_lcm_engines_default_to_no_guidance(tmp_path, capsys):
     """PixArt-α-LCM samples without guidance: export-engines builds the undoubled batch unless asked."""
-    from ditcache.cli import _export_guidance, build_parser
+    from ditcache.cli import build_parser
+    from ditcache.cli.export import export_guidance
 
     args = build_parser().parse_args(["export-engines", "--model", "pixart-lcm-1024", "--schedule", "s.yaml",
                                       "--out", "e"])
-    assert _export_guidance(args) is False
+    assert export_guidance(args) is False
     args = build_parser().parse_args(["export-engines", "--model", "pixart-256", "--schedule", "s.yaml", "--out", "e"])
-    assert _export_guidance(args) is True
+    assert export_guidance(args) is True
 
 
 @pytest.mark.slow

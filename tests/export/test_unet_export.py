@@ -12,12 +12,13 @@ import torch
 
 from ditcache.cli import main
 from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
-from ditcache.compiler.calibration.curves import calibrate
+from ditcache.compiler.calibration.curves import calibrate, save_curves
 from ditcache.compiler.runtime.prompts import PromptEmbeddings
 from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.export.export_engines import ExportRequest, export_engines
 from ditcache.export.load import load_engines
 from ditcache.graphs import costs_for, get_spec, load_model, load_schedule, parts_for
+from ditcache.graphs.planning import plan_for
 
 STEPS = 4
 RECOMPUTE = {0: [0, 2], 2: [0], 3: [0, 1, 3]}  # unet-tiny: down (16x8x8), up, up (16x8x8)
@@ -101,11 +102,11 @@ def test_calibrate_auto_schedule_export_run(tmp_path, tiny, capsys):
     curves = calibrate(model, spec, requests, "random-seed-0")
     assert curves.num_blocks == 4 and curves.count == 8  # 2 seeds x model batch 4 (2 prompts, doubled by guidance)
     assert all(row[0] == 0 for row in curves.mean) and all(v > 0 for row in curves.mean for v in row[1:])
-    curves.save(tmp_path / "curves.json")
+    save_curves(curves, tmp_path / "curves.json")
     assert main(["auto-schedule", "--curves", str(tmp_path / "curves.json"), "--target-speedup", "1.15",
                  "--out", str(tmp_path / "s.yaml")]) == 0
     assert "on unet-tiny" in capsys.readouterr().out
-    plan = load_schedule(tmp_path / "s.yaml").to_plan(spec.num_blocks, costs_for(spec))
+    plan = plan_for(load_schedule(tmp_path / "s.yaml"), spec)
     assert plan.theoretical_speedup(costs_for(spec)) >= 1.15
     assert main(["export-engines", "--model", "unet-tiny", "--random-weights", "--schedule", str(tmp_path / "s.yaml"),
                  "--backend", "eager", "--out", str(tmp_path / "eng"), "--batch-size", "2", "--quiet"]) == 0

@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.runtime.interpreter import eager_variants
 from ditcache.graphs import DiTParts, dit_costs, get_spec, parse_schedule
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.weights import build_model
 
 BATCH = 3  # odd, so a per-sample factor of 2 somewhere would not hide
@@ -104,7 +105,7 @@ SCHEDULES = {
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_plan_step_macs_match_flop_counter(tiny_spec, tiny_parts, name):
     costs = dit_costs(tiny_spec, BATCH)
-    plan = parse_schedule(SCHEDULES[name]).to_plan(tiny_spec.num_blocks, costs)
+    plan = plan_for(parse_schedule(SCHEDULES[name]), tiny_spec)
     expected = plan.step_macs(costs)
     assert len(set(expected)) > 1, "a plan whose steps all cost the same would not test the replays"
 

@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ditcache.graphs import PixArtParts, costs_for, get_spec, parse_schedule, parts_for
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.pixart import mask_to_bias
 from ditcache.graphs.registry import MODELS, spec_for_config
 from ditcache.graphs.weights import WeightsError, build_model, load_model
@@ -186,14 +187,14 @@ def test_delta_plans_reach_the_paper_speedups():
         from ditcache.graphs import load_schedule
 
         spec = get_spec(name)
-        plan = load_schedule(schedule).to_plan(spec.num_blocks, costs_for(spec))
+        plan = plan_for(load_schedule(schedule), spec)
         assert plan.theoretical_speedup(costs_for(spec)) == pytest.approx(speedup, abs=0.01), name
 
 
 def test_every_registered_pixart_has_a_cost_model():
     for spec in MODELS.values():
         if spec.family == "pixart":
-            plan = parse_schedule({"kind": "full", "steps": 2}).to_plan(spec.num_blocks, costs_for(spec))
+            plan = plan_for(parse_schedule({"kind": "full", "steps": 2}), spec)
             assert plan.total_macs(costs_for(spec)) == 2 * costs_for(spec).full > 0
 
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
-from ditcache.graphs import CacheRange, Plan, PlanError, parse_schedule
+from ditcache.graphs import CacheRange, Plan, PlanError, get_spec, parse_schedule
+from ditcache.graphs.curves import CURVES_FORMAT, Calibration
 from ditcache.graphs.macs import SegmentCosts
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.schedule_rules import threshold_recompute
 
 
+def blocks(n: int, name: str | None = None):
+    """A DiT spec with ``n`` blocks."""
+    spec = get_spec("dit-tiny")
+    return replace(spec, name=name or f"dit-{n}-blocks", config={**spec.config, "num_layers": n})
+
+
 def delta(steps=10, boundary=4, interval=3, cached=4, nb=12):
-    return parse_schedule({"kind": "delta-dit", "steps": steps, "boundary": boundary, "interval": interval,
-                           "cached_blocks": cached}).to_plan(nb)
+    return plan_for(parse_schedule({"kind": "delta-dit", "steps": steps, "boundary": boundary, "interval": interval,
+                                    "cached_blocks": cached}), blocks(nb))
 
 
 def test_delta_dit_stage_rule():
@@ -43,8 +54,8 @@ def test_interval_one_is_all_full():
 
 
 def test_block_cache_rule_and_names():
-    plan = parse_schedule({"kind": "block-cache", "steps": 5, "recompute": {2: [0, 3], 3: [0, 3], 5: [0, 1, 2, 3, 4]}}
-                          ).to_plan(6)
+    plan = plan_for(parse_schedule({"kind": "block-cache", "steps": 5,
+                                    "recompute": {2: [0, 3], 3: [0, 3], 5: [0, 1, 2, 3, 4]}}), blocks(6))
     assert [r.name for r in plan.ranges] == ["b2", "b3"]  # block 5 never replays: no cache range
     assert [v.name for v in plan.steps] == [
         "full+rec-2-3", "blocks-replayed-2-3", "blocks-replayed-2-3", "full+rec-2-3", "blocks-replayed-2-3"]
@@ -102,3 +113,24 @@ def test_table_lists_every_step():
 def test_live_caches():
     plan = delta(steps=4, boundary=4, interval=2)  # rec, skip, rec, skip
     assert [plan.live_after(s) for s in range(4)] == [{"back"}, set(), {"back"}, set()]
+
+
+def test_typed_fields_and_the_manifest_round_trip(tmp_path):
+    """A plan carries its calibration and its corrections file as typed fields; the normalized schedule keeps the
+    calibration, so a plan read back from a manifest still knows it (the corrections file is the directory's)."""
+    from safetensors.torch import save_file
+    import torch
+
+    curves = {"format": CURVES_FORMAT, "steps": 3, "mean": [[0, 0.5, 0.5], [0, 0.01, 0.01]],
+              "meta": {"model": "m", "sampler": "ddim", "guidance": 2.0}}
+    (tmp_path / "c.json").write_text(json.dumps(curves))
+    save_file({"scale.b1": torch.ones(3, 4), "shift.b1": torch.zeros(3, 4)}, str(tmp_path / "ss.safetensors"))
+    schedule = parse_schedule({"kind": "block-cache", "steps": 3, "threshold": 0.1, "curves": "c.json",
+                               "scale_shift": "ss.safetensors"}, base_dir=tmp_path)
+    plan = plan_for(schedule, blocks(2, "m"))
+    assert plan.calibration == Calibration("m", "ddim", 2.0, 2)
+    assert plan.corrections == tmp_path / "ss.safetensors" and plan.corrected
+    back = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert back == plan and back.hash() == plan.hash()
+    assert back.calibration == plan.calibration and back.corrections is None
+    assert delta().calibration is None and delta().corrections is None

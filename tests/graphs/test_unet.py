@@ -12,6 +12,7 @@ import torch
 from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.runtime.interpreter import eager_variants
 from ditcache.graphs import PlanError, UNetParts, VariantModule, get_spec, parse_schedule
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.plan import CacheRange, Plan
 from ditcache.graphs.registry import at_resolution
 from ditcache.graphs.variants import build_segments
@@ -120,8 +121,8 @@ def test_ranges_that_cannot_be_replayed_are_refused(tiny):
     build_segments(parts, Plan.from_replays(4, [CacheRange("r", 1, 3)], [set(), {"r"}], cache="output"))
     build_segments(parts, Plan.from_replays(4, [CacheRange("r", 2, 4)], [set(), {"r"}]))  # one up level: fine
     with pytest.raises(PlanError, match="also produces skip"):  # Δ-DiT's front range on a U-Net
-        build_segments(parts, parse_schedule({"kind": "delta-dit", "steps": 4, "boundary": 2, "interval": 2,
-                                              "cached_blocks": 2}).to_plan(4))
+        delta = parse_schedule({"kind": "delta-dit", "steps": 4, "boundary": 2, "interval": 2, "cached_blocks": 2})
+        build_segments(parts, plan_for(delta, get_spec("unet-tiny")))
 
 
 # ---- replays against diffusers' own forward ---------------------------------------------------
@@ -183,8 +184,7 @@ def test_block_replay_matches_reference(unet, mode):
     spec, model, parts = unet
     last = parts.num_blocks - 1
     recompute = {0: [0, 3], 1: [0, 2, 4], last: [0]}
-    plan = parse_schedule({"kind": "block-cache", "steps": 5, "cache": mode, "recompute": recompute}).to_plan(
-        parts.num_blocks)
+    plan = plan_for(parse_schedule({"kind": "block-cache", "steps": 5, "cache": mode, "recompute": recompute}), spec)
     inputs = step_inputs(parts, 5, seed=1)
     got = run_plan(parts, plan, inputs)
     want = block_reference(model, parts, inputs, recompute, mode)
@@ -233,7 +233,8 @@ def test_multi_block_replay_within_an_up_level(tiny):
 def test_variant_module_matches_the_dispatcher(tiny):
     """The flat module compilers trace (links and skips inside) computes what the host-chained variant does."""
     _, _, parts = tiny
-    plan = parse_schedule({"kind": "block-cache", "steps": 3, "recompute": {1: [0], 3: [0, 2]}}).to_plan(4)
+    plan = plan_for(parse_schedule({"kind": "block-cache", "steps": 3, "recompute": {1: [0], 3: [0, 2]}}),
+                    get_spec("unet-tiny"))
     inputs = step_inputs(parts, 3, seed=5)
     dispatcher = Dispatcher(plan, eager_variants(parts, plan))
     caches = {}
@@ -248,8 +249,8 @@ def test_variant_module_matches_the_dispatcher(tiny):
 def test_plan_hash_survives_the_manifest_round_trip_with_16_blocks():
     """SD 1.5 has 16 attention layers: recompute tables mix one- and two-digit block keys, which a manifest's JSON
     gives back as strings in another order; the plan hash must not change."""
-    plan = parse_schedule({"kind": "block-cache", "steps": 4, "recompute": {2: [0, 2], 10: [0], 15: [0, 3]}}).to_plan(
-        get_spec("sd15-unet").num_blocks)
+    schedule = parse_schedule({"kind": "block-cache", "steps": 4, "recompute": {2: [0, 2], 10: [0], 15: [0, 3]}})
+    plan = plan_for(schedule, get_spec("sd15-unet"))
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))).hash() == plan.hash()
 
 

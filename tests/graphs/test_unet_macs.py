@@ -8,6 +8,7 @@ import torch
 from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.runtime.interpreter import eager_variants
 from ditcache.graphs import UNetParts, get_spec, parse_schedule, unet_costs
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.plan import CacheRange, Plan
 from ditcache.graphs.registry import at_resolution
 from ditcache.graphs.weights import build_model
@@ -60,8 +61,9 @@ def test_sd15_costs():
 
 
 PLANS = {
-    "block-cache": lambda: parse_schedule({"kind": "block-cache", "steps": 5,
-                                           "recompute": {0: [0, 3], 1: [0, 2], 3: [0, 1]}}).to_plan(4),
+    "block-cache": lambda: plan_for(parse_schedule({"kind": "block-cache", "steps": 5,
+                                                    "recompute": {0: [0, 3], 1: [0, 2], 3: [0, 1]}}),
+                                    get_spec("unet-tiny")),
     "up-level-range": lambda: Plan.from_replays(4, [CacheRange("back", 2, 4)], [set(), {"back"}, set(), {"back"}]),
 }
 

@@ -7,7 +7,8 @@ import torch
 
 from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.runtime.interpreter import eager_variants
-from ditcache.graphs import VariantModule, parse_schedule
+from ditcache.graphs import VariantModule, get_spec, parse_schedule
+from ditcache.graphs.planning import plan_for
 from ditcache.graphs.variants import variant_input_names
 
 from reference import reference_step, skip_range
@@ -28,8 +29,8 @@ def run_plan(parts, plan, inputs, corrections=None):
 @pytest.mark.parametrize("cached_blocks", [2, 3])  # 3 of 4: front and back ranges overlap
 def test_delta_dit_matches_reference(tiny_model, tiny_parts, cached_blocks):
     steps, boundary, interval, nb = 7, 3, 2, 4
-    plan = parse_schedule({"kind": "delta-dit", "steps": steps, "boundary": boundary, "interval": interval,
-                           "cached_blocks": cached_blocks}).to_plan(nb)
+    plan = plan_for(parse_schedule({"kind": "delta-dit", "steps": steps, "boundary": boundary, "interval": interval,
+                                    "cached_blocks": cached_blocks}), get_spec("dit-tiny"))
     inputs = step_inputs(tiny_parts, steps)
     got = run_plan(tiny_parts, plan, inputs)
 
@@ -78,8 +79,8 @@ def block_reference(model, inputs, recompute, mode, scale=None, shift=None):
 def test_block_replay_matches_reference(tiny_model, tiny_parts, mode):
     recompute = {0: [0, 3], 1: [0, 2, 4], 3: [0]}
     steps = 5
-    plan = parse_schedule({"kind": "block-cache", "steps": steps, "cache": mode,
-                           "recompute": recompute}).to_plan(4)
+    plan = plan_for(parse_schedule({"kind": "block-cache", "steps": steps, "cache": mode,
+                                    "recompute": recompute}), get_spec("dit-tiny"))
     inputs = step_inputs(tiny_parts, steps, seed=1)
     got = run_plan(tiny_parts, plan, inputs)
     want = block_reference(tiny_model, inputs, recompute, mode)
@@ -100,8 +101,8 @@ def test_block_replay_scale_shift_matches_reference(tiny_model, tiny_parts, tmp_
     shift = {i: 0.1 * torch.randn(steps, d, generator=gen) for i in recompute}
     tensors = {f"scale.b{i}": scale[i] for i in recompute} | {f"shift.b{i}": shift[i] for i in recompute}
     save_file(tensors, tmp_path / "ss.safetensors")
-    plan = parse_schedule({"kind": "block-cache", "steps": steps, "recompute": recompute,
-                           "scale_shift": "ss.safetensors"}, base_dir=tmp_path).to_plan(4)
+    plan = plan_for(parse_schedule({"kind": "block-cache", "steps": steps, "recompute": recompute,
+                                    "scale_shift": "ss.safetensors"}, base_dir=tmp_path), get_spec("dit-tiny"))
     assert plan.corrected
     inputs = step_inputs(tiny_parts, steps, seed=3)
     got = run_plan(tiny_parts, plan, inputs, corrections=tensors)
@@ -114,8 +115,8 @@ def test_block_replay_scale_shift_matches_reference(tiny_model, tiny_parts, tmp_
 
 def test_variant_module_flat_signature_matches_dispatcher(tiny_parts):
     """The flat module that compilers trace computes what the host-chained variant computes."""
-    plan = parse_schedule({"kind": "delta-dit", "steps": 4, "boundary": 2, "interval": 2,
-                           "cached_blocks": 2}).to_plan(4)
+    plan = plan_for(parse_schedule({"kind": "delta-dit", "steps": 4, "boundary": 2, "interval": 2,
+                                    "cached_blocks": 2}), get_spec("dit-tiny"))
     inputs = step_inputs(tiny_parts, 4, seed=4)
     dispatcher = Dispatcher(plan, eager_variants(tiny_parts, plan))
     caches = {}

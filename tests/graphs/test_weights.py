@@ -1,4 +1,7 @@
-"""Weight loading: official DiT checkpoints, diffusers folders, the local HF cache, and clear errors."""
+"""Weight loading: official DiT checkpoints, diffusers folders, the local HF cache, and clear errors.
+
+(That an official checkpoint computes the official forward: tests/graphs/test_official_dit.py.)
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import pickle
 
 import pytest
 import torch
+from official_dit import official_forward
 from safetensors.torch import save_file
 
 from ditcache.graphs import get_spec
@@ -84,6 +88,16 @@ def assert_same_model(loaded, reference, spec):
     torch.testing.assert_close(forward(loaded, x, t, y), forward(reference, x, t, y), rtol=0, atol=0)
 
 
+def assert_converted(loaded, reference, official, spec):
+    """An official checkpoint loads exactly the reference's tensors, and computes the official forward."""
+    want = reference.state_dict()
+    assert not loaded.training
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, want[key], rtol=0, atol=0)
+    x, t, y = inputs(spec)
+    torch.testing.assert_close(forward(loaded, x, t, y), official_forward(official, x, t, y, heads=2))
+
+
 def with_config(spec, **changes):
     return dataclasses.replace(spec, name=spec.name + "-modified", config={**spec.config, **changes})
 
@@ -124,8 +138,8 @@ def test_official_pt_loads_equal(src, tiny_spec, tmp_path, wrap):
     file = tmp_path / "DiT-tiny.pt"
     torch.save(obj, file)
     model, info = load_model(tiny_spec, weights=file)
-    assert_same_model(model, src, tiny_spec)
-    assert info.source == str(file) and not info.random
+    assert_converted(model, src, sd, tiny_spec)
+    assert info.source == str(file) and not info.random and info.format == "official-dit"
 
 
 def test_official_training_checkpoint_with_args_namespace(src, tiny_spec, tmp_path):
@@ -135,42 +149,45 @@ def test_official_training_checkpoint_with_args_namespace(src, tiny_spec, tmp_pa
     file = tmp_path / "0400000.pt"  # what train.py writes: model, ema, opt, args
     torch.save({"model": sd, "ema": sd, "opt": {}, "args": argparse.Namespace(model="DiT-XL/2")}, file)
     model, _ = load_model(tiny_spec, weights=file)
-    assert_same_model(model, src, tiny_spec)
+    assert_converted(model, src, sd, tiny_spec)
 
 
 def test_official_safetensors_loads_equal(src, tiny_spec, tmp_path):
     file = tmp_path / "official.safetensors"
-    save_file({k: v.contiguous() for k, v in to_official(src).items()}, str(file))
-    model, _ = load_model(tiny_spec, weights=str(file))
-    assert_same_model(model, src, tiny_spec)
+    sd = to_official(src)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(file))
+    model, info = load_model(tiny_spec, weights=str(file))
+    assert_converted(model, src, sd, tiny_spec)
+    assert info.format == "official-dit"
 
 
 def test_official_without_pos_embed_loads_equal(src, tiny_spec, tmp_path):
     sd = to_official(src)
-    del sd["pos_embed"]  # the table is fixed; diffusers rebuilds it
     file = tmp_path / "no_pos.pt"
-    torch.save(sd, file)
+    torch.save({k: v for k, v in sd.items() if k != "pos_embed"}, file)  # the table is fixed; diffusers rebuilds it
     model, _ = load_model(tiny_spec, weights=file)
-    assert_same_model(model, src, tiny_spec)
+    assert_converted(model, src, sd, tiny_spec)
 
 
 def test_official_qkv_order_matters(src, tiny_spec, tmp_path):
     """A q/k swap in the fused qkv must change the output (the equality tests are not vacuous)."""
     sd = to_official(src)
+    torch.save(sd, tmp_path / "right.pt")
     q, k, v = sd["blocks.1.attn.qkv.weight"].chunk(3)
     sd["blocks.1.attn.qkv.weight"] = torch.cat([k, q, v])
     file = tmp_path / "swapped.pt"
     torch.save(sd, file)
     model, _ = load_model(tiny_spec, weights=file)
+    right, _ = load_model(tiny_spec, weights=tmp_path / "right.pt")
     x, t, y = inputs(tiny_spec)
-    assert (forward(model, x, t, y) - forward(src, x, t, y)).abs().max() > 1e-4
+    assert (forward(model, x, t, y) - forward(right, x, t, y)).abs().max() > 1e-4
 
 
 # ---- diffusers folders --------------------------------------------------------------------------------
 def test_diffusers_folder_loads_equal(src, tiny_spec, folder):
     model, info = load_model(tiny_spec, folder)
     assert_same_model(model, src, tiny_spec)
-    assert info.source.endswith("diffusion_pytorch_model.safetensors")
+    assert info.source.endswith("diffusion_pytorch_model.safetensors") and info.format == "diffusers"
 
 
 def test_pipeline_folder_loads_transformer(src, tiny_spec, tmp_path):
@@ -323,3 +340,50 @@ def test_folder_config_of_another_architecture_is_refused(tmp_path):
     other = dataclasses.replace(spec, config={**spec.config, "num_attention_heads": 4, "attention_head_dim": 8})
     with pytest.raises(WeightsError, match="num_attention_heads=2 but dit-tiny needs num_attention_heads=4"):
         load_model(other, tmp_path / "w")
+
+
+# ---- files that are no weights -------------------------------------------------------------------------------
+def _garbage(tmp_path, kind):
+    """A file that is no state dict of tensors, and the words the error must use for what it holds."""
+    file = tmp_path / ("bad.safetensors" if kind == "safetensors" else "bad.pt")
+    if kind == "random bytes":
+        file.write_bytes(bytes(range(7, 256)) * 4)
+        return file, "no PyTorch, pickle or safetensors data"
+    if kind == "empty":
+        file.write_bytes(b"")
+        return file, r"nothing \(the file is empty\)"
+    if kind == "pickled list":
+        file.write_bytes(pickle.dumps([1, 2, 3]))
+        return file, "a plain Python pickle of a list"
+    if kind == "list of tensors":
+        torch.save([torch.zeros(2), torch.ones(2)], file)
+        return file, "a list of 2 items"
+    if kind == "whole module":
+        torch.save(torch.nn.Linear(2, 2), file)
+        return file, r"a pickled Python object \(torch\.nn\.modules\.linear\.Linear\).*state_dict\(\)"
+    if kind == "dict of numbers":
+        torch.save({"step": 3}, file)
+        return file, "a dict whose entry 'step' is an int, not a tensor"
+    if kind == "safetensors":
+        file.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+        return file, "no safetensors data"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "empty", "pickled list", "list of tensors", "whole module",
+                                  "dict of numbers", "safetensors"])
+def test_garbage_weights_say_what_was_found_and_what_is_expected(tiny_spec, tmp_path, kind):
+    file, found = _garbage(tmp_path, kind)
+    with pytest.raises(WeightsError, match=rf"(?s)cannot read weights from {file}: .*the file holds {found}") as err:
+        load_model(tiny_spec, file)
+    message = str(err.value)
+    assert "weights_only" not in message and "Traceback" not in message  # torch's advice is not ours to give
+    for expected in ("official facebookresearch/DiT checkpoint", "diffusers model folder", ".safetensors"):
+        assert expected in message, f"{expected!r} missing from: {message}"
+
+
+def test_garbage_weights_of_a_unet_name_the_unet_formats(tmp_path):
+    file, _ = _garbage(tmp_path, "random bytes")
+    with pytest.raises(WeightsError, match="UNet2DConditionModel folder") as err:
+        load_model(get_spec("unet-tiny"), file)
+    assert "facebookresearch" not in str(err.value)

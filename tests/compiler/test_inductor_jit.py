@@ -1,4 +1,5 @@
-"""inductor end to end on dit-tiny: export (compile + validate), load, sample == eager runtime."""
+"""inductor-jit (torch.compile at first call) end to end on dit-tiny: export (compile + validate), load,
+sample == eager runtime."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def roundtrip(tmp_path, kind: str, granularity: str):
     schedule = tmp_path / f"{kind}.yaml"
     schedule.write_text(SCHEDULES[kind])
     report = export_engines(ExportRequest(model="dit-tiny", schedule=schedule, out=tmp_path / "eng",
-                                          backend="inductor", random_weights=True, batch_size=2,
+                                          backend="inductor-jit", random_weights=True, batch_size=2,
                                           granularity=granularity), log=lambda m: None, progress=False)
     assert all(g.validation["cosine"] > 0.99999 for g in report.graphs)
     loaded = load_engines(tmp_path / "eng", images=2)
@@ -35,22 +36,23 @@ def roundtrip(tmp_path, kind: str, granularity: str):
     return got
 
 
-def test_inductor_delta_dit_segments(tmp_path):
+def test_inductor_jit_delta_dit_segments(tmp_path):
     roundtrip(tmp_path, "delta-dit", "segment")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,granularity", [("full", "variant"), ("block-cache", "segment"),
                                               ("delta-dit", "variant"), ("block-cache", "variant")])
-def test_inductor_plans(tmp_path, kind, granularity):
+def test_inductor_jit_plans(tmp_path, kind, granularity):
     roundtrip(tmp_path, kind, granularity)
 
 
-def test_inductor_options_are_checked():
+def test_inductor_jit_options_are_checked():
     from ditcache.compiler.backend import BuildSettings
-    from ditcache.compiler.backends.inductor import InductorBackend
+    from ditcache.compiler.backends.inductor import InductorJITBackend
 
-    backend = InductorBackend()
+    backend = InductorJITBackend()
+    assert backend.name == "inductor-jit" and not backend.writes_artifacts
     assert "cuda" in backend.unavailable_reason(BuildSettings(options={"cuda_graphs": True}))
-    assert "unknown inductor option" in backend.unavailable_reason(BuildSettings(options={"fast": 1}))
+    assert "unknown inductor-jit option" in backend.unavailable_reason(BuildSettings(options={"fast": 1}))
     assert backend.unavailable_reason(BuildSettings()) is None
