@@ -61,7 +61,7 @@ _TOP_KEYS = {
     "name", "description", "model", "weights", "random_weights", "device", "threads", "images", "classes",
     "guidance", "scheduler", "seed", "warmup", "repeats", "step_timing", "granularity", "validate",
     "row_timeout_s", "backend_options", "schedules", "baseline", "matrix", "resolution", "time_budget_s",
-    "time_limit_s", "embeddings",
+    "time_limit_s", "embeddings", "frames",
 }
 _GROUP_KEYS = {"backends", "precisions", "schedules", "skip", "granularity", "repeats", "validate", "estimate_s",
                "note"}
@@ -114,6 +114,7 @@ class BenchConfig:
     time_budget_s: float | None = None
     time_limit_s: float | None = None
     resolution: int | None = None
+    frames: int | None = None  # video models (Wan): frames per clip (None: the model's)
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     schedules: dict[str, ScheduleRef] = field(default_factory=dict)
     baseline: dict[str, Any] = field(default_factory=dict)
@@ -127,7 +128,9 @@ class BenchConfig:
 
     @property
     def model_batch(self) -> int:
-        return self.images * (2 if self.guidance > 1 else 1)
+        from ditcache.graphs.registry import get_spec
+
+        return self.images * (2 if get_spec(self.model).cfg_batch(self.guidance) else 1)
 
 
 @dataclass
@@ -168,6 +171,7 @@ class RowSpec:
     note: str | None = None
     images: int | None = None  # text-conditioned models: images per call (class models: one per label)
     embeddings: str | None = None  # text-conditioned models: prompt-embeddings file (None: synthetic)
+    frames: int | None = None  # video models: frames per clip (None: the model's)
 
     @property
     def num_images(self) -> int:
@@ -185,7 +189,7 @@ class RowSpec:
     def key(self) -> str:
         """Hash of everything that changes the row's measurement (for --resume)."""
         data = {k: v for k, v in self.to_dict().items() if k not in ("skip", "estimate_s", "note")
-                and not (k in ("images", "embeddings") and v is None)}  # keys of class-model rows unchanged
+                and not (k in ("images", "embeddings", "frames") and v is None)}  # keys of class-model rows unchanged
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -292,6 +296,13 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     limit = data.get("time_limit_s")
     cfg.time_limit_s = None if limit is None else float(limit)
     cfg.resolution = data.get("resolution")
+    cfg.frames = None if data.get("frames") is None else int(data["frames"])
+    try:
+        from ditcache.graphs.registry import at_resolution
+
+        at_resolution(get_spec(cfg.model), cfg.resolution, cfg.frames)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     options = data.get("backend_options") or {}
     if not isinstance(options, Mapping) or not all(isinstance(v, Mapping) for v in options.values()):
         raise ConfigError(f"{source}: 'backend_options' maps backend -> {{option: value}}")
@@ -344,6 +355,10 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
                 raise ConfigError(f"{where}: precision {p!r} is not one of {', '.join(PRECISIONS)}")
         for s in g["schedules"]:
             _known_schedule(cfg, s, where)
+        compiled = [b for b in g["backends"] if b not in (EAGER, BACKEND_STOCK)]
+        if cfg.frames is not None and compiled:
+            raise ConfigError(f"{where}: 'frames' applies to stock and eager rows only (export-engines has no frame "
+                              f"count yet); drop {compiled[0]!r} or 'frames'")
         cfg.matrix.append(g)
     return cfg
 
@@ -380,6 +395,7 @@ def build_rows(cfg: BenchConfig) -> list[RowSpec]:
             weights=cfg.weights, skip=str(skip) if skip else None,
             estimate_s=None if group.get("estimate_s") is None else float(group["estimate_s"]),
             note=group.get("note"), images=cfg.images if cfg.text else None, embeddings=cfg.embeddings,
+            frames=cfg.frames,
         ))
 
     for s in cfg.baseline.get("schedules", []):

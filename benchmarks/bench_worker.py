@@ -175,11 +175,12 @@ def prompts_for(row: RowSpec, spec):
     over the images, or synthetic embeddings (timing only)."""
     if not spec.text_conditioned:
         return None
-    from ditcache.compiler.runtime.conditioning import text_channels
+    from ditcache.compiler.runtime.conditioning import pooled_channels, text_channels
     from ditcache.compiler.runtime.prompts import PromptEmbeddings, synthetic_prompts
 
     if row.embeddings is None:
-        return synthetic_prompts(row.num_images, int(spec.text_length), int(text_channels(spec)), row.seed)
+        return synthetic_prompts(row.num_images, int(spec.text_length), int(text_channels(spec)), row.seed,
+                                 pooled=pooled_channels(spec))
     prompts = PromptEmbeddings.load(row.embeddings)
     return prompts.select([i % prompts.num_images for i in range(row.num_images)])
 
@@ -237,7 +238,7 @@ class StockRunner(_Runner):
         with torch.no_grad():
             out = self.pipe(**inputs, guidance_scale=self.row.guidance, generator=generator,
                             num_inference_steps=steps)
-        return out.images if self.stock.returns_latents else self.vae.last
+        return getattr(out, self.stock.output) if self.stock.returns_latents else self.vae.last  # WanPipeline: frames
 
     def warmup(self, mode: str) -> None:
         # PixArtAlphaPipeline's one-step path indexes the scheduler output as LCM's: warm up with two steps
@@ -294,18 +295,10 @@ def warm_variants(dispatcher, spec, request, dtype: torch.dtype, device: str) ->
     """Call every distinct step program once (compiles JIT backends, touches every engine), in order of first
     use, so that each replayed range has been recorded by an earlier call. Costs one denoiser call per variant
     instead of a whole sampling run."""
-    from ditcache.compiler.runtime.sampling import initial_noise, make_scheduler
     from ditcache.graphs.corrections import step_corrections
 
     plan = dispatcher.plan
-    scheduler = make_scheduler(request.scheduler, spec.scheduler_config)
-    scheduler.set_timesteps(request.steps)
-    latents = initial_noise(spec, request, dtype, device)
-    if request.cfg:
-        latents = torch.cat([latents, latents])
-    t = scheduler.timesteps[0]
-    inputs = {"x": latents.to(dtype), "timestep": t.reshape(1).to(device=device, dtype=torch.float32).expand(
-        latents.shape[0]), **request.conditioning(spec).inputs(request.cfg, dtype, device)}
+    inputs = first_step_inputs(spec, request, dtype, device)
     caches: dict[str, torch.Tensor] = {}
     for variant in plan.variants:
         corrections = (step_corrections(dispatcher.corrections, variant, plan.steps_of(variant)[0])
@@ -314,6 +307,28 @@ def warm_variants(dispatcher, spec, request, dtype: torch.dtype, device: str) ->
         caches.update(recorded)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+class _FirstCall(Exception):
+    """Raised by :func:`first_step_inputs`'s denoiser to leave the sampling loop at its first call."""
+
+
+def first_step_inputs(spec, request, dtype: torch.dtype, device: str) -> dict[str, torch.Tensor]:
+    """The denoiser inputs of the request's first step, as the family's own sampling loop builds them (noise,
+    timestep, conditioning, guidance batch; FLUX's packed latents and embedded guidance)."""
+    from ditcache.compiler.runtime.sampling import sample
+
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(inputs):
+        captured.update(inputs)
+        raise _FirstCall
+
+    try:
+        sample(capture, spec, request, dtype=dtype, device=device)
+    except _FirstCall:
+        pass
+    return captured
 
 
 # ---- phases ---------------------------------------------------------------------------------------------
@@ -326,7 +341,7 @@ def _schedule(job: dict):
 def _spec(row: RowSpec):
     from ditcache.graphs.registry import at_resolution, get_spec
 
-    return at_resolution(get_spec(row.model), row.resolution)
+    return at_resolution(get_spec(row.model), row.resolution, row.frames)
 
 
 def phase_weights(job: dict) -> dict:
@@ -356,7 +371,7 @@ def phase_build(job: dict) -> dict:
         torch.set_num_threads(row.threads)
     request = ExportRequest(
         model=row.model, schedule=job["schedule_file"], out=job["engines_dir"], backend=row.backend,
-        weights=row.weights, precision=row.precision, batch_size=row.num_images, guidance=row.guidance > 1,
+        weights=row.weights, precision=row.precision, batch_size=row.num_images, guidance=_spec(row).cfg_batch(row.guidance),
         resolution=row.resolution, granularity=row.granularity, device=row.device, options=dict(row.options),
         validate=row.validate,
     )
@@ -416,7 +431,7 @@ def phase_run(job: dict) -> dict:
 
         with skip_random_init():
             loaded = load_engines(job["engines_dir"], weights=row.weights, device=row.device, schedule=schedule,
-                                  images=row.num_images, guidance=row.guidance > 1,
+                                  images=row.num_images, guidance=_spec(row).cfg_batch(row.guidance),
                                   precision=row.precision, backend=row.backend)
         runner = DispatcherRunner(row, spec, loaded.plan, loaded.dispatcher, dtype)
         runner.param_count = parameter_count(row.weights)

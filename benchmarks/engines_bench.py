@@ -10,7 +10,7 @@ For every model of the config (benchmarks/configs/engines-*.yaml) and every back
   JIT backends compile inside it; artifact backends should not.
 * **per-step latency** by variant: the dispatcher's timing (``Dispatcher.timing`` / ``step_seconds``) over the
   timed runs after the first, in the same process.
-* **peak RSS** of that process (getrusage ru_maxrss; /proc VmHWM beside it), next to the weights' own size
+* **peak RSS** of that process (/proc VmHWM; getrusage ru_maxrss beside it), next to the weights' own size
   (parameters x bytes per element in the export precision).
 * **batch**: the same loaded engines then sample each other size of ``batch_check`` once (after the memory
   reading); image 0 is compared with the row's own image 0 (per-image seeds: splitting must not change it).
@@ -27,14 +27,14 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
 from ditcache.benchmarks.bench_config import ConfigError, RowSpec, _unknown, build_rows, parse_config
-from ditcache.benchmarks.bench_report import markdown_grid, machine_info, step_stats, write_json
+from ditcache.benchmarks.bench_report import machine_info, markdown_grid, median, step_stats, write_json
 from ditcache.benchmarks.run_benchmarks import availability, default_cache_dir, ensure_weights, run_worker, \
     schedule_file
 from ditcache.compiler.atomic import write_atomic
@@ -278,8 +278,8 @@ def measure_row(entry: ModelEntry, row: RowSpec, cfg: EnginesConfig, work: Path,
         return {**out, "status": cold["status"], "log": str(row_dir / "cold" / "coldstart.log")}
     out.update({k: cold[k] for k in ("cold_start_s", "python_start_s", "import_s", "load_s", "first_run_s",
                                      "runs_s", "variants_loaded", "rss_imported_bytes", "rss_loaded_bytes",
-                                     "peak_rss_bytes",
-                                     "vm_hwm_bytes", "param_count", "weights_bytes", "threads", "latents_file")})
+                                     "peak_rss_bytes", "peak_rss_source", "ru_maxrss_bytes", "param_count",
+                                     "weights_bytes", "threads", "latents_file")})
     out["per_step_ms"] = step_stats(cold["step_seconds"])
     out["first_run_per_step_ms"] = step_stats(cold["first_run_step_seconds"])
     if out.get("weights_bytes") and out.get("peak_rss_bytes"):
@@ -335,7 +335,7 @@ def markdown_rows(rows: list[dict[str, Any]]) -> str:
             r["model"], r["backend"], r.get("engines", "?"), r["status"], _num(r.get("export_s")),
             "–" if r.get("disk_bytes") is None else f"{r['disk_bytes'] / 2**20:.1f}", cold,
             "; ".join(f"{k}: {v['median_ms']:.3g}" for k, v in steps.items()) if ok else "–",
-            f"{sorted(runs)[len(runs) // 2]:.3f}" if runs else "–",
+            f"{median(runs):.3f}" if runs else "–",
             "–" if not r.get("peak_rss_bytes") else f"{r['peak_rss_bytes'] / 2**30:.2f}"
             + ("" if r.get("peak_above_imports_bytes") is None else f" ({r['peak_above_imports_bytes'] / 2**30:.2f})"),
             "–" if not r.get("weights_bytes") else f"{r['weights_bytes'] / 2**30:.3f}",
@@ -363,6 +363,10 @@ def write_markdown(path: Path, document: Mapping[str, Any]) -> None:
         lines.append(f"- **{model['model']}**: {model['request']}; schedule {model['schedule']}; weights: "
                      f"{model['weights']}" + (f". {model['note']}" if model.get("note") else ""))
     lines += [f"- **WARNING**: {w}" for w in document.get("warnings", [])]
+    for call in document.get("earlier_calls", []):
+        lines.append(f"- **rows kept from an earlier call** (`{call['command']}`, {call['date_utc']}, load average "
+                     f"{call['load_average_start']} / {call['load_average_end']})"
+                     + "".join(f"; WARNING: {w}" for w in call.get("warnings", [])))
     if c.get("description"):
         lines += ["", c["description"]]
     lines += ["", markdown_rows(document["rows"]), ""]
@@ -378,8 +382,9 @@ PROTOCOL = ("export = export-engines in its own process (wall time; empty induct
             "= every file of the engine directory; cold start = from starting a fresh process to its first latents "
             "(Python start + imports, loading every variant of the plan, one sampling run; JIT backends compile in "
             "that run; empty inductor cache); per-step = median of the dispatcher's timing per variant over the "
-            "timed runs after the first (same process); run s = median whole sampling run; peak RSS = getrusage "
-            "ru_maxrss of that process (every variant loaded and run; JIT compiles count too), and in brackets "
+            "timed runs after the first (same process); run s = median whole sampling run; peak RSS = VmHWM of that "
+            "process (every variant loaded and run; JIT compiles count too; ru_maxrss also counts the parent's pages "
+            "between fork and exec, so it is kept beside it only), and in brackets "
             "what it added to the RSS the process had after importing torch and diffusers; weights = "
             "parameters x bytes per element in the export precision; batch = the same loaded engines sampling other "
             "batch sizes afterwards, image 0 compared with the row's (per-image seeds); max-abs vs "
@@ -410,9 +415,11 @@ def _notes(row: RowSpec, result: dict[str, Any], kind: str) -> list[str]:
 FIELDS = ("export_s", "export_process_s", "export_peak_rss_bytes", "validation_max_abs", "disk_bytes", "disk_files",
           "export_artifact_bytes", "engines_dir", "cold_start_s", "python_start_s", "import_s", "load_s",
           "first_run_s", "runs_s", "per_step_ms", "first_run_per_step_ms", "variants_loaded", "rss_imported_bytes",
-          "rss_loaded_bytes", "peak_rss_bytes", "vm_hwm_bytes", "param_count", "weights_bytes", "peak_over_weights",
+          "rss_loaded_bytes", "peak_rss_bytes", "peak_rss_source", "ru_maxrss_bytes", "param_count", "weights_bytes",
+          "peak_over_weights",
           "peak_above_imports_bytes", "above_imports_over_weights", "threads", "latents_file", "batch",
-          "max_abs_vs_eager", "psnr_vs_eager_db", "cosine_vs_eager", "row_wall_s")
+          "max_abs_vs_eager", "psnr_vs_eager_db", "cosine_vs_eager", "row_wall_s", "measured_utc",
+          "load_average_row")
 
 
 def assemble(entry: ModelEntry, row: RowSpec, result: dict[str, Any]) -> dict[str, Any]:
@@ -471,10 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.out or Path("benchmarks") / "results" / cfg.name)
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     work, engines = cache / cfg.name, cache / "engines" / cfg.name
-    previous = {}
-    if args.resume and (out_dir / "results.json").is_file():
-        previous = {r["id"]: r for r in json.loads((out_dir / "results.json").read_text())["rows"]
-                    if r.get("status") == "ok" and r.get("latents_file") and Path(r["latents_file"]).is_file()}
+    earlier = json.loads((out_dir / "results.json").read_text()) if args.resume and (
+        out_dir / "results.json").is_file() else None
+    previous = {r["id"]: r for r in (earlier or {}).get("rows", [])
+                if r.get("status") == "ok" and r.get("latents_file") and Path(r["latents_file"]).is_file()}
     machine = machine_info(cfg.device)
     load_start = _load()
     warnings = []
@@ -488,8 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "protocol": PROTOCOL,
         "config": {"name": cfg.name, "source": cfg.source, "description": cfg.description, "device": cfg.device,
                    "models": []},
-        "rows": [],
+        "rows": [], "earlier_calls": [],
     }
+    if earlier is not None:  # --resume: what an earlier call measured stays, with the conditions it ran under
+        document["earlier_calls"] = [*earlier.get("earlier_calls", []), {
+            "command": earlier["command"], "date_utc": earlier["machine"]["date_utc"],
+            "load_average_start": earlier.get("load_average_start"),
+            "load_average_end": earlier.get("load_average_end"), "warnings": earlier.get("warnings", [])}]
 
     def save(final: bool = False) -> None:
         document["load_average_end"] = _load()
@@ -515,6 +527,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             document["rows"].append(assemble(entry, row, {"status": f"skipped: {row.skip}" if row.skip else
                                                           "pending"}))
             pending.append((entry, row, len(document["rows"]) - 1))
+    if earlier is not None:  # rows and models of the earlier results this call does not select are kept as they are
+        ids = {r["id"] for r in document["rows"]}
+        kept = [dict(r, notes=[*r.get("notes", []), "from an earlier call (--resume); not selected in this one"])
+                for r in earlier["rows"] if r["id"] not in ids]
+        document["rows"] = kept + document["rows"]
+        pending = [(entry, row, index + len(kept)) for entry, row, index in pending]
+        models = {m["model"] for m in document["config"]["models"]}
+        document["config"]["models"] = [m for m in earlier["config"]["models"] if m["model"] not in models] + \
+            document["config"]["models"]
     runnable = [p for p in pending if not p[1].skip]
     for done, (entry, row, index) in enumerate(runnable, 1):
         elapsed = time.perf_counter() - start
@@ -530,9 +551,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                       f"{cfg.time_budget_s:.0f} s used"})
             continue
         _progress(f"{prefix} {entry.model}/{row.backend} ({row.precision}, {row.steps} steps)", args.quiet)
-        t0 = time.perf_counter()
+        t0, row_load = time.perf_counter(), _load()
         result = measure_row(entry, row, cfg, work, engines, args, prefix)
         result["row_wall_s"] = time.perf_counter() - t0
+        result["measured_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        result["load_average_row"] = [row_load, _load()]
+        if row_load and row_load[0] > 0.5:
+            result.setdefault("notes", []).append(
+                f"machine shared: 1-min load average {row_load[0]:.2f} when the row started (timings inflated)")
         document["rows"][index] = assemble(entry, row, result)
         _progress(f"{prefix}   -> {result['status']}" + (f", cold start {result['cold_start_s']:.1f} s"
                                                          if "cold_start_s" in result else ""), args.quiet)
@@ -540,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in document["rows"]:  # correctness beside the numbers: every backend against eager, same request
         eager = next((o for o in document["rows"] if o["model"] == r["model"] and o["backend"] == "eager"
                       and o["status"] == "ok"), None)
-        if r["status"] == "ok" and eager is not None and eager is not r:
+        if r["status"] == "ok" and eager is not None and eager is not r and all(
+                Path(x["latents_file"]).is_file() for x in (r, eager)):
             r.update(_vs_eager(r["latents_file"], eager["latents_file"]))
     save(final=True)
     if args.json:

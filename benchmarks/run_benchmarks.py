@@ -131,7 +131,7 @@ def plan_numbers(cfg: BenchConfig, row: RowSpec) -> dict[str, Any]:
 
     from .bench_config import ScheduleRef
 
-    spec = at_resolution(get_spec(cfg.model), cfg.resolution)
+    spec = at_resolution(get_spec(cfg.model), cfg.resolution, cfg.frames)
     schedule = ScheduleRef(row.schedule, row.schedule_path, row.schedule_inline).load()
     plan = plan_for(schedule, spec)
     costs = costs_for(spec, cfg.model_batch)

@@ -98,7 +98,8 @@ class Backend(Protocol):
     Optional attributes: ``runtime_options`` (option names that only matter at load: kept out of artifact keys) and
     ``shared_weights`` (None, or ``"model"``: the graphs keep no weights of their own; export writes the model's
     tensors once to the directory's weights file and ``build``/``load`` get a ``weights=SharedWeights`` keyword,
-    ``"own"``: likewise, and the backend also writes its own shared file(s) into ``weights.folder``).
+    ``"own"``: likewise, and the backend also writes its own shared file(s) into ``weights.folder``; or a method
+    of the BuildSettings answering one of those, where options decide it).
     """
 
     name: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ditcache.graphs.adaptive import is_adaptive
 from ditcache.graphs.plan import Plan, Variant
 from ditcache.graphs.segments import DenoiserParts, Segment, channel_shape_at, hidden_shape_at
 from ditcache.graphs.variants import (
@@ -125,7 +126,12 @@ def segment_graph(parts: DenoiserParts, segment: Segment, batch: int, dtype: tor
 
 
 def plan_graphs(parts: DenoiserParts, plan: Plan, granularity: str, batch: int, dtype: torch.dtype) -> list[GraphSpec]:
-    """Every graph a plan needs at ``granularity`` (``variant`` or ``segment``)."""
+    """Every graph a plan needs at ``granularity`` (``variant`` or ``segment``); an adaptive plan's three program
+    graphs (compiler.adaptive_specs)."""
+    if is_adaptive(plan):
+        from ditcache.compiler.adaptive_specs import adaptive_graphs
+
+        return adaptive_graphs(parts, plan, granularity, batch, dtype)
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     segments = build_segments(parts, plan)

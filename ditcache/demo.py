@@ -59,7 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
                  + yaml.safe_dump(DEMO_SCHEDULE, sort_keys=False))
     schedule = parse_schedule(DEMO_SCHEDULE, source=str(schedule_file))
     request = SampleRequest(tuple(range(spec.num_classes)), schedule.steps, 4.0, args.seed, "ddim")
-    costs = costs_for(spec, request.model_batch)
+    costs = costs_for(spec, request.denoiser_batch(spec))
     plans = {"eager full": plan_for(full_schedule(schedule.steps), spec), "eager Δ-DiT": plan_for(schedule, spec)}
     print(f"model {spec.name}: {spec.description}\n  weights {info.source} (sha256 {info.sha256[:12]})")
     print(f"sampling {len(request.class_labels)} images (one per class), {request.steps} DDIM steps, "

@@ -210,8 +210,7 @@ def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = N
                 raise ValueError(f"engines in {engines} were built for {loaded.spec.text_length} text tokens, the "
                                  f"pipeline calls with {call_spec.text_length}; call it with "
                                  f"max_sequence_length={loaded.spec.text_length}")
-            shared = loaded.dispatcher  # stateless variants: a Dispatcher of this shape's own over them
-            return Dispatcher(shared.plan, shared.variants, shared.corrections, shared.sync)
+            return loaded.dispatcher.fresh()  # stateless variants: a Dispatcher of this shape's own over them
         settings = BuildSettings(precision_of(original.dtype), hidden_states.device.type, dict(options or {}))
         require(chosen, settings)
         parts = parts_for(original.eval(), call_spec)

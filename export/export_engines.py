@@ -15,6 +15,7 @@ from importlib.metadata import version as _package_version
 from ditcache.compiler.backend import BuildSettings, GraphSpec, get_backend, require
 from ditcache.compiler.graph_specs import plan_graphs
 from ditcache.graphs import parts_for
+from ditcache.graphs.adaptive import is_adaptive
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.planning import plan_for
 from ditcache.graphs.registry import at_resolution, get_spec
@@ -92,7 +93,12 @@ class ExportReport:
 
 
 def graph_program(graph: GraphSpec, plan: Plan) -> dict[str, Any]:
-    """What the graph computes beyond its name: the plan layout for variants, nothing more for segments."""
+    """What the graph computes beyond its name: the plan layout for variants and adaptive programs (not the
+    policy: a new threshold or rescale rebuilds nothing), nothing more for segments."""
+    if is_adaptive(plan):
+        layout = plan.to_dict()
+        return {k: layout[k] for k in ("kind", "num_blocks", "cache", "ranges")} | {
+            "signal": plan.policy.signal, "program": graph.name}
     if graph.name.startswith("variant."):
         layout = plan.to_dict()
         return {k: layout[k] for k in ("num_blocks", "cache", "corrected", "ranges")} | {
@@ -124,14 +130,15 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
     reference_parts = parts_for(model, spec)
     build_model = model if dtype == torch.float32 and device.type == "cpu" else copy.deepcopy(model).to(device, dtype)
     build_parts = parts_for(build_model.eval(), spec)
-    log(f"building graphs of {len(plan.variants)} variants ({granularity} granularity, model batch {model_batch})")
+    what = f"{len(plan.programs)} adaptive programs" if is_adaptive(plan) else f"{len(plan.variants)} variants"
+    log(f"building graphs of {what} ({granularity} granularity, model batch {model_batch})")
     graphs = plan_graphs(build_parts, plan, granularity, model_batch, dtype)
     references = graphs if build_model is model else plan_graphs(reference_parts, plan, granularity, model_batch,
                                                                  torch.float32)
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # an interrupted export must not leave a loadable directory
-    shared = export_weights(backend, out, build_model, request.precision, request.device, weights.sha256)
+    shared = export_weights(backend, out, build_model, settings, weights.sha256)
     with_weights = {} if shared is None else {"weights": shared.shared}  # weights once, for every graph
 
     versions = backend.versions()
@@ -212,6 +219,8 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
 
 
 def _variant_graphs(plan: Plan, granularity: str, graphs: list[GraphSpec]) -> dict[str, list[str]]:
+    if is_adaptive(plan):  # the three programs, each one graph
+        return {p: [f"adaptive.{p}"] for p in plan.programs}
     if granularity == "variant":
         return {v.name: [f"variant.{v.name}"] for v in plan.variants}
     names = [g.name for g in graphs]

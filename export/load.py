@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,8 @@ def load_engines(directory: str | Path, *, weights: str | None = None, device: s
     _check_versions(backend, manifest)
     check_request(manifest, **request)
     plan = _check_integrity(directory, manifest)
+    if manifest.corrections:  # the plan names the directory's copy of its scale/shift file
+        plan = replace(plan, corrections=directory / manifest.corrections["file"])
     spec = at_resolution(get_spec(manifest.model["name"]), manifest.model["resolution"])
     graphs = _graphs_from_manifest(manifest)
     parts = None
@@ -151,9 +153,8 @@ def load_engines(directory: str | Path, *, weights: str | None = None, device: s
     segments = None
     if manifest.granularity == "segment":
         segments = build_segments(parts, plan) if parts is not None else _segment_stubs(plan, graphs)
-    corrections = directory / manifest.corrections["file"] if manifest.corrections else None
     dispatcher = build_dispatcher(plan, parts=parts, flats=flats, graphs=graphs, granularity=manifest.granularity,
-                                  segments=segments, corrections=corrections, batch=manifest.batch["model_batch"])
+                                  segments=segments, batch=manifest.batch["model_batch"])
     return LoadedEngines(directory, manifest, spec, plan, dispatcher)
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import torch
 
 from ditcache.compiler.atomic import atomic_path, write_json_atomic
+from ditcache.compiler.backend import BuildSettings
 from ditcache.compiler.shared_weights import WEIGHTS_FOLDER, SharedWeights, model_tensors
 from ditcache.graphs.dtypes import dtype_name, precision_dtype
 from ditcache.graphs.weights import sha256_file
@@ -114,11 +115,18 @@ class ExportWeights:
                              files, self.model_file, size, graphs)
 
 
-def export_weights(backend: Any, root: Path, model: torch.nn.Module, precision: str, device: str,
+def shared_weights_kind(backend: Any, settings: BuildSettings) -> str | None:
+    """``model``, ``own`` or None: the backend's ``shared_weights`` attribute (or its answer for ``settings``)."""
+    kind = getattr(backend, "shared_weights", None)
+    return kind(settings) if callable(kind) else kind
+
+
+def export_weights(backend: Any, root: Path, model: torch.nn.Module, settings: BuildSettings,
                    weights_sha256: str) -> ExportWeights | None:
     """The shared weights of an export to ``root`` with ``backend`` (None where its graphs keep their own): the
     model's tensors, written once to ``weights/<precision>.safetensors`` for ``model``-kind backends."""
-    kind = getattr(backend, "shared_weights", None)
+    kind = shared_weights_kind(backend, settings)
+    precision, device = settings.precision, settings.device
     if kind is None:
         return None
     if kind not in ("model", "own"):

@@ -10,7 +10,7 @@ parts class and a ``FAMILY = Family(...)`` record, and one entry in :func:`famil
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
@@ -76,6 +76,21 @@ class StockPipeline:
         return getattr(diffusers, self.class_name)(**self.components(denoiser, vae, scheduler))
 
 
+def resize_sample_size(spec: ModelSpec, side: int | None, frames: int | None) -> ModelSpec:
+    """``spec`` with latent side ``side`` in its config's ``sample_size`` (DiT, PixArt, U-Nets; the sin-cos table
+    follows); a ValueError for a frame count, which image models do not have."""
+    if frames is not None:
+        raise ValueError(f"{spec.name} generates images and has no frame count; drop the frame count")
+    if side is None or side == spec.sample_size:
+        return spec
+    return replace(spec, config={**spec.config, "sample_size": side})
+
+
+def no_forward_extras(spec: ModelSpec) -> dict[str, Any]:
+    """Extra diffusers forward arguments a family needs besides ditcache's inputs: none."""
+    return {}
+
+
 @dataclass(frozen=True)
 class Family:
     """Everything ditcache knows about one model family.
@@ -99,6 +114,12 @@ class Family:
         formats: checkpoint layouts converted on load besides diffusers' own keys.
         sampler: the default sampler of the family's sizes (``ddim``, ``dpm++``); a size may override it.
         guidance_scale: the default classifier-free guidance scale of the family's sizes.
+        resize: ``resize(spec, side, frames)``: ``spec`` generating latents ``side`` x ``side`` (None: as it is) and,
+            for video, ``frames`` frames (None: as it is); called by ``registry.at_resolution`` after its checks.
+            Default: the config's ``sample_size``; the flow families keep their size in ``latent_shape``.
+        forward_extras: ``forward_extras(spec)``: keyword arguments the diffusers model's forward needs besides
+            ``hidden_states``, ``timestep`` and the conditioning inputs (FLUX: ``txt_ids`` / ``img_ids``, the
+            token positions its head builds itself), for running the unmodified model (calibration, references).
     """
 
     name: str
@@ -116,6 +137,8 @@ class Family:
     formats: tuple[WeightFormat, ...] = ()
     sampler: str = "ddim"
     guidance_scale: float = 4.0
+    resize: Callable[[ModelSpec, int | None, int | None], ModelSpec] = resize_sample_size
+    forward_extras: Callable[[ModelSpec], dict[str, Any]] = no_forward_extras
 
     def build_model(self, config: Config) -> nn.Module:
         """An eval-mode diffusers model of ``config`` with freshly initialised weights."""

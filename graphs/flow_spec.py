@@ -8,7 +8,7 @@ The dynamic shift of the sigmas and the 2x2 packing of FLUX's latents live here 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import torch
@@ -62,6 +62,10 @@ class FlowModelSpec(ModelSpec):
         if len(self.latent_shape) not in (3, 4):
             raise ValueError(f"{self.name}: latent_shape must be (C, H, W) or (C, F, H, W), got {self.latent_shape}")
 
+    def cfg_batch(self, guidance_scale: float) -> bool:
+        """True only for ``cfg`` guidance above 1: FLUX.1-dev's embedded scale and -schnell's none keep the batch."""
+        return self.flow.guidance == "cfg" and guidance_scale > 1
+
     @property
     def latent_channels(self) -> int:
         return int(self.latent_shape[0])
@@ -84,6 +88,23 @@ class FlowModelSpec(ModelSpec):
         if "pooled_projections" not in self.conditioning_inputs:
             return None
         return int(self.config["pooled_projection_dim"])
+
+
+def resize_latents(spec: ModelSpec, side: int | None, latent_frames: int | None = None) -> FlowModelSpec:
+    """A flow spec drawing ``side`` x ``side`` latents (None: as they are) and, for video, ``latent_frames`` latent
+    frames: the family records' ``resize`` (their checks first); the head's position tables follow the shape."""
+    if not isinstance(spec, FlowModelSpec):
+        raise TypeError(f"{spec.name} is not a flow-matching spec")
+    shape = list(spec.latent_shape)
+    if side is not None:
+        shape[-2:] = [side, side]
+    if latent_frames is not None:
+        if len(shape) != 4:
+            raise ValueError(f"{spec.name} generates images and has no frame count; drop the frame count")
+        if latent_frames < 1:
+            raise ValueError(f"{spec.name}: at least one latent frame, got {latent_frames}")
+        shape[1] = latent_frames
+    return spec if tuple(shape) == tuple(spec.latent_shape) else replace(spec, latent_shape=tuple(shape))
 
 
 def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .family import Family, StockPipeline, WeightFormat, names_class
-from .flow_spec import FlowModelSpec, FlowSampling
+from .flow_spec import FlowModelSpec, FlowSampling, resize_latents
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
 from .segments import Segment, block_name, check_block_range
@@ -248,6 +248,9 @@ FLUX_MODELS = (
               "guidance embedded)", (16, 128, 128), 512, hf_repo="black-forest-labs/FLUX.1-dev"),
     flux_spec("flux-schnell", flux_config(False), "FLUX.1-schnell 1024x1024 (12B params, 4-step distillation, no "
               "guidance)", (16, 128, 128), 256, hf_repo="black-forest-labs/FLUX.1-schnell"),
+    flux_spec("flux-dev-d2s4", flux_config(True, layers=2, single_layers=4), "FLUX.1-dev at full width (3072) and "
+              "REDUCED DEPTH: 2 dual + 4 single-stream blocks instead of 19 + 38 (1.3B params; CPU benchmarks with "
+              "random weights, since 12B do not fit)", (16, 128, 128), 512),
     flux_spec("flux-tiny", flux_config(True, **_TINY), "tiny FLUX.1-dev-like model for tests (2 dual + 2 single "
               "blocks, width 32, 8 text tokens)", (4, 8, 8), 8),
     flux_spec("flux-schnell-tiny", flux_config(False, **_TINY), "tiny FLUX.1-schnell-like model for tests (no "
@@ -329,6 +332,13 @@ _WEIGHTS_HELP = (
 )
 
 
+def _forward_extras(spec: ModelSpec) -> dict[str, Any]:
+    """FluxTransformer2DModel's ``txt_ids`` (L, 3) and ``img_ids`` (T, 3), as FluxPipeline makes them."""
+    _, height, width = spec.latent_shape
+    positions = token_positions(int(spec.text_length), height, width)  # (L + T, 3)
+    return {"txt_ids": positions[:int(spec.text_length)], "img_ids": positions[int(spec.text_length):]}
+
+
 def _stock_inputs(spec: ModelSpec, class_labels: tuple[int, ...], prompts: Any, guidance: float) -> dict[str, Any]:
     """Prompt and pooled embeddings in, packed latents out (FluxPipeline embeds the guidance scale itself)."""
     if prompts is None or getattr(prompts, "pooled", None) is None:
@@ -362,4 +372,6 @@ FAMILY = Family(
     formats=(ORIGINAL_FLUX,),
     sampler="flow-euler",
     guidance_scale=3.5,
+    resize=resize_latents,
+    forward_extras=_forward_extras,
 )

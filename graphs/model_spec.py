@@ -80,6 +80,12 @@ class ModelSpec:
         """True when the denoiser takes text-encoder embeddings (``encoder_hidden_states``) instead of classes."""
         return "encoder_hidden_states" in self.conditioning_inputs
 
+    def cfg_batch(self, guidance_scale: float) -> bool:
+        """True when sampling at ``guidance_scale`` runs the denoiser on a doubled [conditional; unconditional]
+        batch (classifier-free guidance: scale > 1). Flow families override it with their guidance kind
+        (FLUX.1-dev's scale is a model input, no second batch)."""
+        return guidance_scale > 1
+
     @property
     def num_classes(self) -> int:
         return self.family_record.num_classes(self.config)

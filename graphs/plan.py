@@ -78,8 +78,8 @@ class Plan:
             recorded output, plain feature caching).
         corrected: replays take per-channel scale/shift inputs (block caching's correction).
         schedule: the normalized schedule this plan came from (what a manifest stores; no paths).
-        corrections: the scale/shift file of a corrected plan (None: the tensors come from elsewhere, e.g. an
-            engine directory's copy, or a fit that is running).
+        corrections: the scale/shift file of a corrected plan (an engine directory's copy once loaded; None where
+            the tensors come from elsewhere, e.g. a fit that is running).
         calibration: what the schedule's change curves were measured on (None without curves).
     """
 
@@ -223,8 +223,8 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
-        """Inverse of :meth:`to_dict` (what a manifest stores; ``corrections`` stays None: the file is the
-        directory's)."""
+        """Inverse of :meth:`to_dict` (what a manifest stores; ``corrections`` stays None: the engine loader names
+        the directory's copy)."""
         variants = {name: Variant(tuple(v["replay"]), tuple(v["record"])) for name, v in data["variants"].items()}
         normalized = dict(data["schedule"])
         calibrated = normalized.get("calibration")

@@ -3,7 +3,6 @@ reference models, tiny test sizes; and the lookups around them (by name, by reso
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Mapping
 
 from .family import families, family_of_config
@@ -29,15 +28,17 @@ def _collect() -> dict[str, ModelSpec]:
 MODELS: dict[str, ModelSpec] = _collect()
 
 
-def at_resolution(spec: ModelSpec, resolution: int | None) -> ModelSpec:
-    """``spec`` generating ``resolution``-pixel images (the sin-cos position table follows; weights do not change)."""
-    if resolution is None or resolution == spec.image_size:
+def at_resolution(spec: ModelSpec, resolution: int | None, frames: int | None = None) -> ModelSpec:
+    """``spec`` generating ``resolution``-pixel square images (the position tables follow; weights do not change),
+    and for video models ``frames`` frames; None keeps the spec's. The family record's ``resize`` does the change."""
+    if resolution is None and frames is None:
         return spec
     factor = 8 if spec.latent else 1
-    step = spec.family_record.resolution_step(spec.config) * factor
-    if resolution <= 0 or resolution % step:
-        raise ValueError(f"--resolution must be a positive multiple of {step} for {spec.name} (got {resolution})")
-    return replace(spec, config={**spec.config, "sample_size": resolution // factor})
+    if resolution is not None:
+        step = spec.family_record.resolution_step(spec.config) * factor
+        if resolution <= 0 or resolution % step:
+            raise ValueError(f"--resolution must be a positive multiple of {step} for {spec.name} (got {resolution})")
+    return spec.family_record.resize(spec, None if resolution is None else resolution // factor, frames)
 
 
 def spec_for_config(config: Mapping[str, Any], latent: bool = True) -> ModelSpec:

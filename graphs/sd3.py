@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .family import Family, StockPipeline, WeightFormat, names_class
-from .flow_spec import FlowModelSpec, FlowSampling
+from .flow_spec import FlowModelSpec, FlowSampling, resize_latents
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
 from .segments import Segment, block_name, check_block_range
@@ -311,6 +311,16 @@ def _stock_inputs(spec: ModelSpec, class_labels: tuple[int, ...], prompts: Any, 
     return inputs
 
 
+def _resize(spec: ModelSpec, side: int | None, frames: int | None) -> FlowModelSpec:
+    """SD3 at another image size: the position table is cropped from pos_embed_max_size patches, so at most that."""
+    if side is not None:
+        patch, grid = int(spec.config["patch_size"]), int(spec.config["pos_embed_max_size"])
+        if side > grid * patch:
+            raise ValueError(f"--resolution {8 * side} is beyond {spec.name}'s position table ({grid} patches: at "
+                             f"most {8 * grid * patch} pixels)")
+    return resize_latents(spec, side, frames)
+
+
 def _stock_components(denoiser: nn.Module, vae: nn.Module, scheduler: Any) -> dict[str, Any]:
     """The three text encoders and the VAE left out: prompts come as embeddings, the pipeline returns latents."""
     return {"transformer": denoiser, "scheduler": scheduler, "vae": None, "text_encoder": None, "tokenizer": None,
@@ -334,4 +344,5 @@ FAMILY = Family(
     formats=(ORIGINAL_SD3,),
     sampler="flow-euler",
     guidance_scale=7.0,
+    resize=_resize,
 )

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .family import Family, StockPipeline, WeightFormat, names_class
-from .flow_spec import FlowModelSpec, FlowSampling
+from .flow_spec import FlowModelSpec, FlowSampling, resize_latents
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
 from .segments import Segment, block_name, check_block_range
@@ -274,10 +274,28 @@ def _stock_inputs(spec: ModelSpec, class_labels: tuple[int, ...], prompts: Any, 
         raise ValueError(f"WanPipeline takes prompt embeddings; {spec.name} was given none")
     _, frames, height, width = spec.latent_shape
     inputs = {"prompt_embeds": prompts.embeds, "height": 8 * height, "width": 8 * width,
-              "num_frames": 4 * (frames - 1) + 1, "output_type": "latent"}
+              "num_frames": video_frames(frames), "output_type": "latent"}
     if guidance > 1:
         inputs["negative_prompt_embeds"] = prompts.negatives()[0]
     return inputs
+
+
+TEMPORAL_COMPRESSION = 4  # Wan's VAE: latent frame f covers video frames 4(f - 1) + 1 .. 4f (the first alone)
+
+
+def video_frames(latent_frames: int) -> int:
+    """Video frames of ``latent_frames`` latent frames (WanPipeline's num_frames)."""
+    return TEMPORAL_COMPRESSION * (latent_frames - 1) + 1
+
+
+def _resize(spec: ModelSpec, side: int | None, frames: int | None) -> FlowModelSpec:
+    """Wan at another (square) size and ``frames`` video frames (4k + 1, as WanPipeline rounds num_frames)."""
+    latent_frames = None
+    if frames is not None:
+        if frames < 1 or (frames - 1) % TEMPORAL_COMPRESSION:
+            raise ValueError(f"{spec.name} generates 4k + 1 frames (1, 5, ..., 81): got {frames}")
+        latent_frames = (frames - 1) // TEMPORAL_COMPRESSION + 1
+    return resize_latents(spec, side, latent_frames)
 
 
 def _stock_components(denoiser: nn.Module, vae: nn.Module, scheduler: Any) -> dict[str, Any]:
@@ -302,4 +320,5 @@ FAMILY = Family(
     formats=(ORIGINAL_WAN,),
     sampler="flow-unipc",
     guidance_scale=5.0,
+    resize=_resize,
 )

@@ -396,6 +396,8 @@ def share_initializers(path: Path, graph: str, weights: SharedWeights) -> None:
         for key, value in (("location", name), ("offset", "0"), ("length", str(len(data)))):
             entry = init.external_data.add()
             entry.key, entry.value = key, value
+    for node in model.graph.node:  # the exporter's debug records (stack traces, scopes): ~3/4 of the file,
+        del node.metadata_props[:]  # held again by every session
     for leftover in path.parent.iterdir():
         if leftover != path:
             leftover.unlink()  # the exporter's .onnx.data: now in the shared files

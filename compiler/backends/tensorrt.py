@@ -29,6 +29,16 @@ Options (``BuildSettings.options``):
     workspace_mib: cap of TensorRT's workspace memory pool, in MiB (default: TensorRT's, the GPU's memory).
     strongly_typed: default True; False builds weakly typed with precision flags (TensorRT 10 only).
     opset, external_data, optimize: passed to the ONNX export (see the onnxruntime backend).
+    weight_stripped: route ``onnx``: weights once per engine directory. Engines are built weight-stripped and
+        refittable (``BuilderFlag.STRIP_PLAN`` + ``BuilderFlag.REFIT_IDENTICAL``) from an ONNX export whose
+        initializers keep the graph module's names (``optimize`` off: the exporter's folding would rename them);
+        the artifact keeps the engine and ``<graph>.weights.json`` (each refittable weight -> the model FQN in the
+        directory's ``weights/<precision>.safetensors``), not the ONNX. At load, a ``trt.Refitter`` sets every
+        weight from the one SharedWeights (device tensors, ``TensorLocation.DEVICE``) after checking that none is
+        missing (``get_missing_weights``), then ``refit_cuda_engine``. On disk and on the host the weights are
+        stored once; on the GPU each refitted engine holds its own copy (TensorRT engines cannot share weight
+        memory): segment granularity stays the way to 1x GPU memory. Written against TensorRT 10's documented
+        Refitter API; unrun on this project's CPU machines (TensorRT cannot be installed there).
 """
 
 from __future__ import annotations
@@ -47,13 +57,23 @@ from ditcache.graphs.dtypes import TENSOR_DTYPES
 
 from ditcache.compiler.atomic import atomic_path, write_atomic
 from ditcache.compiler.backend import BackendUnavailable, BuildSettings, FlatFn, GraphSpec, TensorSpec, require
+from ditcache.compiler.shared_weights import (
+    EXTRA_SUFFIX,
+    WEIGHT_MAP_SUFFIX,
+    SharedWeights,
+    WeightEntry,
+    entry_of,
+    read_weight_map,
+    write_weight_map,
+)
 
 ROUTES = ("onnx", "dynamo")
 DEFAULT_ROUTE = "onnx"
 TIMING_CACHE_NAME = "timing.cache"
 MIN_TENSORRT_MAJOR = 10
 EXPORT_OPTIONS = ("opset", "external_data", "optimize")  # handed to the ONNX export
-KNOWN_OPTIONS = ("route", "cuda_graph", "timing_cache", "workspace_mib", "strongly_typed", *EXPORT_OPTIONS)
+KNOWN_OPTIONS = ("route", "cuda_graph", "timing_cache", "workspace_mib", "strongly_typed", "weight_stripped",
+                 *EXPORT_OPTIONS)
 INSTALL_HINT = ("pip install ditcache[tensorrt] on a machine with an NVIDIA GPU and access to NVIDIA's package "
                 "index (TensorRT cannot be installed on CPU-only machines)")
 # fields of an engine record that must equal this machine's for the engine to run
@@ -76,6 +96,7 @@ class TensorRTOptions:
     workspace_mib: int | None = None
     strongly_typed: bool = True
     export: tuple[tuple[str, Any], ...] = ()
+    weight_stripped: bool = False
 
     @classmethod
     def of(cls, settings: BuildSettings) -> "TensorRTOptions":
@@ -87,7 +108,7 @@ class TensorRTOptions:
         route = options.get("route", DEFAULT_ROUTE)
         if route not in ROUTES:
             raise ValueError(f"tensorrt route must be one of {', '.join(ROUTES)} (got {route!r})")
-        for flag in ("cuda_graph", "strongly_typed"):
+        for flag in ("cuda_graph", "strongly_typed", "weight_stripped"):
             if flag in options and not isinstance(options[flag], bool):
                 raise ValueError(f"tensorrt option {flag} must be true or false (got {options[flag]!r})")
         cuda_graph = options.get("cuda_graph", False)
@@ -97,11 +118,20 @@ class TensorRTOptions:
         workspace = options.get("workspace_mib")
         if workspace is not None and (isinstance(workspace, bool) or not isinstance(workspace, int) or workspace < 1):
             raise ValueError(f"workspace_mib must be a positive integer (got {workspace!r})")
+        stripped = options.get("weight_stripped", False)
+        if stripped and route != "onnx":
+            raise ValueError("weight_stripped is for route=onnx (engines refitted by this backend)")
+        if stripped and options.get("optimize"):
+            raise ValueError("weight_stripped exports the ONNX with optimize=false (the optimizer's constant folding "
+                             "renames weights, which then cannot be refitted from the model's): drop optimize")
         cache = options.get("timing_cache")
         if cache is not None and not isinstance(cache, (str, os.PathLike)):
             raise ValueError(f"timing_cache must be a path (got {cache!r})")
+        export = {k: options[k] for k in EXPORT_OPTIONS if k in options}
+        if stripped:
+            export["optimize"] = False
         return cls(route, cuda_graph, None if cache is None else os.fspath(cache), workspace,
-                   options.get("strongly_typed", True), tuple((k, options[k]) for k in EXPORT_OPTIONS if k in options))
+                   options.get("strongly_typed", True), tuple(sorted(export.items())), stripped)
 
 
 # ---- availability and versions -------------------------------------------------------------------------------
@@ -349,6 +379,10 @@ class TensorRTBackend:
                         f"strongly_typed=false (the graph's dtypes already carry the precision)")
         return None
 
+    def shared_weights(self, settings: BuildSettings) -> str | None:
+        """``model`` for weight-stripped engines (refitted from the directory's weights file), else None."""
+        return "model" if TensorRTOptions.of(settings).weight_stripped else None
+
     def _check(self, settings: BuildSettings) -> TensorRTOptions:
         require(self, settings)
         return TensorRTOptions.of(settings)
@@ -363,8 +397,10 @@ class TensorRTBackend:
         return current_versions()
 
     # ---- build --------------------------------------------------------------------------------------------
-    def build(self, graph: GraphSpec, settings: BuildSettings, directory: Path) -> list[Path]:
-        """Write ``<graph.name>.onnx`` (+ ``.onnx.data``) and ``.engine``, or ``.ep``; plus ``.trt.json``."""
+    def build(self, graph: GraphSpec, settings: BuildSettings, directory: Path,
+              weights: SharedWeights | None = None) -> list[Path]:
+        """Write ``<graph.name>.onnx`` (+ ``.onnx.data``) and ``.engine``, or ``.ep``; plus ``.trt.json``
+        (weight-stripped: the engine and its weight map, no ONNX)."""
         options = self._check(settings)
         if graph.module is None:
             raise ValueError(f"cannot build {graph.name}: the GraphSpec has no module")
@@ -377,6 +413,8 @@ class TensorRTBackend:
         else:
             files = self._build_onnx(graph, settings, options, directory, cache)
             record = current_versions()
+        if options.weight_stripped:
+            files = self._strip(graph, files, directory, weights)
         record = {"route": options.route, "precision": settings.precision, **record}
         text = json.dumps(record, indent=2, sort_keys=True).encode()
         return [*files, write_atomic(_record_path(directory, graph), text)]
@@ -420,6 +458,8 @@ class TensorRTBackend:
             config = CreateConfig(fp16=weak and settings.precision == "fp16",
                                   bf16=weak and settings.precision == "bf16", profiles=[profile],
                                   load_timing_cache=old_cache, memory_pool_limits=pools)
+            if options.weight_stripped:
+                config = _stripped_config(config)
             network = network_from_onnx_path(str(onnx_path), strongly_typed=options.strongly_typed)
             engine = engine_bytes_from_network(network, config=config, save_timing_cache=new_cache)
         return [*files, write_atomic(directory / f"{graph.name}.engine", engine)]
@@ -448,8 +488,50 @@ class TensorRTBackend:
             torch_tensorrt.save(compiled, str(tmp), output_format="exported_program", arg_inputs=inputs)
         return [path]
 
+    def _strip(self, graph: GraphSpec, files: list[Path], directory: Path,
+               weights: SharedWeights | None) -> list[Path]:
+        """Record each refittable weight of the just-built engine as the model tensor it is (or keep its value in
+        ``<graph>.extra.safetensors`` where it is none), then drop the ONNX files: the engine plus the directory's
+        shared weights file are the artifact."""
+        import onnx
+        import tensorrt as trt
+        from onnx import numpy_helper
+
+        onnx_path = _pick(files, f"{graph.name}.onnx", graph)
+        engine_path = _pick(files, f"{graph.name}.engine", graph)
+        model = onnx.load(str(onnx_path), load_external_data=True)
+        initializers = {i.name: i for i in model.graph.initializer}
+        with torch.cuda.device(torch.device("cuda", torch.cuda.current_device())):
+            engine = trt.Runtime(_trt_logger()).deserialize_cuda_engine(engine_path.read_bytes())
+            names = list(trt.Refitter(engine, _trt_logger()).get_all_weights())
+        shared = weights.tensors if weights is not None else {}
+        entries: dict[str, WeightEntry] = {}
+        extra: dict[str, torch.Tensor] = {}
+        for name in names:
+            if name not in initializers:
+                raise RuntimeError(f"{graph.name}: TensorRT lists refittable weight {name!r}, which the ONNX export "
+                                   f"has no initializer for; cannot record where it comes from")
+            value = torch.from_numpy(numpy_helper.to_array(initializers[name]).copy())
+            key = graph.weight_names.get(name)
+            if key is None or key not in shared or tuple(shared[key].shape) != tuple(value.shape):
+                key = None
+                extra[name] = value.contiguous()
+            entries[name] = entry_of(key, value)
+        kept = [engine_path, write_weight_map(directory / f"{graph.name}{WEIGHT_MAP_SUFFIX}", graph.name, entries)]
+        if extra:
+            from safetensors.torch import save_file
+
+            with atomic_path(directory / f"{graph.name}{EXTRA_SUFFIX}") as tmp:
+                save_file(extra, str(tmp))
+            kept.append(directory / f"{graph.name}{EXTRA_SUFFIX}")
+        for f in files:
+            if Path(f).name.startswith(f"{graph.name}.onnx"):
+                Path(f).unlink()  # the weights are the directory's, once
+        return [*kept, *(Path(f) for f in files if Path(f).exists() and Path(f) not in kept)]
+
     # ---- load ---------------------------------------------------------------------------------------------
-    def load(self, graph: GraphSpec, settings: BuildSettings, files: Sequence[Path]) -> FlatFn:
+    def load(self, graph: GraphSpec, settings: BuildSettings, files: Sequence[Path],
+             weights: SharedWeights | None = None) -> FlatFn:
         """Deserialize the graph's engine (refused when built for another TensorRT or GPU) as a flat callable."""
         options = self._check(settings)
         suffix = ".ep" if options.route == "dynamo" else ".engine"
@@ -465,9 +547,15 @@ class TensorRTBackend:
             device = torch.device("cuda", torch.cuda.current_device())
         if options.route == "dynamo":
             return self._load_dynamo(graph, path)
-        return self._load_engine(graph, path, device, options)
+        refit = None
+        maps = [Path(f) for f in files if Path(f).name == f"{graph.name}{WEIGHT_MAP_SUFFIX}"]
+        if maps:  # a weight-stripped engine: refitted from the directory's shared weights before it runs
+            extras = [Path(f) for f in files if Path(f).name == f"{graph.name}{EXTRA_SUFFIX}"]
+            refit = (read_weight_map(maps[0]), extras[0] if extras else None, weights)
+        return self._load_engine(graph, path, device, options, refit)
 
-    def _load_engine(self, graph: GraphSpec, path: Path, device: torch.device, options: TensorRTOptions) -> FlatFn:
+    def _load_engine(self, graph: GraphSpec, path: Path, device: torch.device, options: TensorRTOptions,
+                     refit: tuple | None = None) -> FlatFn:
         import tensorrt as trt
 
         if self._device is None:
@@ -484,6 +572,9 @@ class TensorRTBackend:
                 raise EngineIncompatible(f"TensorRT {trt.__version__} could not deserialize {path} (built by another "
                                          f"TensorRT version or for another GPU, or corrupted); re-run export-engines "
                                          f"on this machine")
+            if refit is not None:
+                entries, extra_path, weights = refit
+                refit_engine(engine, graph.name, entries, weights, extra_path, device)
             context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             if context is None:
                 raise RuntimeError(f"TensorRT could not create an execution context for {graph.name}")
@@ -525,6 +616,56 @@ class TensorRTBackend:
             return tuple(outs) if isinstance(outs, (tuple, list)) else (outs,)
 
         return run
+
+
+def _stripped_config(create_config):
+    """polygraphy's config loader plus the weight-stripped, refittable flags (TensorRT >= 10.0)."""
+    import tensorrt as trt
+
+    def make(builder, network):
+        config = create_config(builder, network)
+        config.set_flag(trt.BuilderFlag.STRIP_PLAN)  # no refittable weights in the serialized engine
+        config.set_flag(trt.BuilderFlag.REFIT_IDENTICAL)  # refitted with the weights it was built with
+        return config
+
+    return make
+
+
+def refit_engine(engine: Any, graph: str, entries: Mapping[str, WeightEntry], weights: SharedWeights | None,
+                 extra_path: Path | None, device: torch.device, trt_module: Any = None) -> None:
+    """Set every refittable weight of a weight-stripped ``engine`` from the shared weights (its own extras for the
+    rest), refusing before ``refit_cuda_engine`` when any is unknown or missing."""
+    trt = trt_module
+    if trt is None:
+        import tensorrt as trt
+    if weights is None and any(e.key is not None for e in entries.values()):
+        raise ValueError(f"{graph}: a weight-stripped engine is refitted from the engine directory's shared weights; "
+                         f"load it with export.load.load_engines (or pass weights=SharedWeights)")
+    extra = {}
+    if extra_path is not None:
+        from safetensors.torch import load_file
+
+        extra = load_file(str(extra_path), device=str(device))
+    refitter = trt.Refitter(engine, _trt_logger())
+    names = list(refitter.get_all_weights())
+    source = weights if weights is not None else SharedWeights("fp32", str(device))
+    tensors = source.resolve(graph, entries, names, extra)  # raises on an unknown, missing or misshapen weight
+    dtypes = _trt_dtypes()
+    by_torch = {v: k for k, v in dtypes.items()}
+    held = []
+    for name in names:
+        tensor = tensors[name].to(device).contiguous()
+        held.append(tensor)  # alive until the refit copied it
+        weight = trt.Weights(by_torch[tensor.dtype], tensor.data_ptr(), tensor.numel())
+        if not refitter.set_named_weights(name, weight, trt.TensorLocation.DEVICE):
+            raise RuntimeError(f"{graph}: TensorRT refused the weight {name!r} ({tensor.dtype}{list(tensor.shape)})")
+    missing = list(refitter.get_missing_weights())
+    if missing:
+        raise ValueError(f"{graph}: the engine still misses weights {missing[:5]} after refitting; export again")
+    if not refitter.refit_cuda_engine():
+        raise RuntimeError(f"{graph}: TensorRT could not refit the engine (see the TensorRT log above)")
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # the refit read the tensors asynchronously
 
 
 def _trt_logger():

@@ -15,6 +15,7 @@ from ditcache.graphs.registry import ModelSpec
 
 from ditcache.compiler.atomic import atomic_path
 from ditcache.compiler.runtime.build import build_dispatcher
+from ditcache.compiler.runtime.prompts import PromptEmbeddings
 from ditcache.compiler.runtime.sampling import SampleRequest, sample
 
 
@@ -92,7 +93,12 @@ def _default_file_mode() -> int:
 
 
 def calibration_request(classes: Sequence[int], seeds: Sequence[int], steps: int, guidance: float,
-                        scheduler: str) -> SampleRequest:
-    """One batch holding every (class, seed) pair, each image with its own noise seed."""
+                        scheduler: str, prompts: PromptEmbeddings | None = None) -> SampleRequest:
+    """One batch holding every (class, seed) pair — for text models every (prompt, seed) pair, ``classes`` empty —
+    each image with its own noise seed."""
+    if prompts is not None:
+        rows = [(i, s * 1000 + i) for s in seeds for i in range(prompts.num_images)]
+        return SampleRequest((), steps, guidance, 0, scheduler, tuple(s for _, s in rows),
+                             prompts.select([i for i, _ in rows]))
     pairs = [(c, s * 1000 + i) for s in seeds for i, c in enumerate(classes)]
     return SampleRequest(tuple(c for c, _ in pairs), steps, guidance, 0, scheduler, tuple(s for _, s in pairs))

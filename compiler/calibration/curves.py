@@ -65,13 +65,19 @@ def calibrate(model: nn.Module, spec: ModelSpec, requests: Iterable[SampleReques
            for r in requests):
         raise ValueError("all calibration requests must share steps, sampler and guidance")
     # DiT blocks, or a U-Net's attention layers (unless other modules are asked for)
-    blocks = list(modules) if modules is not None else block_modules(parts_for(model, spec))
+    parts = parts_for(model, spec)
+    blocks = list(modules) if modules is not None else block_modules(parts)
+    # the block output as ditcache's hidden state: FLUX / SD3 blocks return (text, image), joined as [text; image]
+    read = getattr(parts, "block_output", None) if modules is None else None
     stats = _Welford(len(blocks), steps)
     state: dict[str, Any] = {"step": -1, "previous": {}}
 
     def hook(index: int):
         def record(_module, _args, output):
-            output = output[0] if isinstance(output, tuple) else output  # diffusers' return_dict=False tuples
+            if read is not None:
+                output = read(output)
+            elif isinstance(output, tuple):  # diffusers' return_dict=False tuples
+                output = output[0]
             previous = state["previous"].get(index)
             if previous is not None and previous.shape == output.shape:
                 stats.add(index, state["step"], relative_l1(output, previous))
@@ -80,7 +86,7 @@ def calibrate(model: nn.Module, spec: ModelSpec, requests: Iterable[SampleReques
         return record
 
     handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
-    denoise = model_denoiser(model)
+    denoise = model_denoiser(model, spec)
 
     def counting(inputs):
         state["step"] += 1

@@ -114,6 +114,13 @@ def text_channels(spec: ModelSpec) -> int | None:
     return None if value is None else int(value)
 
 
+def pooled_channels(spec: ModelSpec) -> int | None:
+    """Width of the pooled text embedding the model takes (FLUX: 768, SD3: 2048), None when it takes none."""
+    if "pooled_projections" not in spec.conditioning_inputs:
+        return None
+    return int(spec.config["pooled_projection_dim"])
+
+
 def conditioning_for(spec: ModelSpec, class_labels: tuple[int, ...], prompts: PromptEmbeddings | None,
                      cfg: bool) -> Conditioning:
     """The conditioning of a request on ``spec``, checked: labels in range for class-conditional models;

@@ -48,6 +48,10 @@ class Dispatcher:
         self._live = [plan.live_after(s) for s in range(plan.num_steps)]
         self.reset()
 
+    def fresh(self) -> "Dispatcher":
+        """Another dispatcher over the same (stateless) variants and corrections, with caches of its own."""
+        return Dispatcher(self.plan, self.variants, self.corrections, self.sync)
+
     def reset(self) -> None:
         """Forget caches and start again at step 0 (call before each sampling run)."""
         self.step = 0

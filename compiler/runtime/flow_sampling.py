@@ -45,7 +45,7 @@ def uses_cfg(spec: FlowModelSpec, guidance_scale: float) -> bool:
     if kind == "none" and guidance_scale > 1:
         raise ValueError(f"{spec.name} is guidance-distilled and takes no guidance (its pipeline ignores the scale); "
                          f"sample with --guidance 0")
-    return kind == "cfg" and guidance_scale > 1
+    return spec.cfg_batch(guidance_scale)
 
 
 def image_tokens(spec: FlowModelSpec) -> int:

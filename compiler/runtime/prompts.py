@@ -146,15 +146,21 @@ class PromptEmbeddings:
                    None if negative_pooled is None else negative_pooled.float())
 
 
-def synthetic_prompts(images: int, length: int, channels: int, seed: int = 0, tokens: int = 20) -> PromptEmbeddings:
+def synthetic_prompts(images: int, length: int, channels: int, seed: int = 0, tokens: int = 20,
+                      pooled: int | None = None) -> PromptEmbeddings:
     """Random embeddings of T5's output shape for timing without a text encoder: ``tokens`` real tokens per
-    prompt (the rest padding) and an empty negative prompt (one token, as T5's end-of-sequence)."""
+    prompt (the rest padding) and an empty negative prompt (one token, as T5's end-of-sequence); with ``pooled``,
+    pooled embeddings of that width too (FLUX, SD3), the negative prompt's included."""
     gen = torch.Generator().manual_seed(seed)
     kept = max(1, min(tokens, length))
     mask = (torch.arange(length) < kept).long().expand(images, length).clone()  # (N, L)
     negative_mask = (torch.arange(length) < 1).long()[None]  # (1, L)
-    return PromptEmbeddings(0.1 * torch.randn(images, length, channels, generator=gen), mask,
-                            0.1 * torch.randn(1, length, channels, generator=gen), negative_mask)
+    embeds = 0.1 * torch.randn(images, length, channels, generator=gen)
+    negative = 0.1 * torch.randn(1, length, channels, generator=gen)
+    if pooled is None:
+        return PromptEmbeddings(embeds, mask, negative, negative_mask)
+    return PromptEmbeddings(embeds, mask, negative, negative_mask, 0.1 * torch.randn(images, pooled, generator=gen),
+                            0.1 * torch.randn(1, pooled, generator=gen))
 
 
 def encode_prompts(text_encoder: str | Path, prompts: Sequence[str], negative_prompt: str | None = "",

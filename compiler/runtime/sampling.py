@@ -63,22 +63,22 @@ class SampleRequest:
     sample_seeds: tuple[int, ...] | None = None
     prompts: PromptEmbeddings | None = field(default=None, compare=False)
 
-    @property
-    def cfg(self) -> bool:
-        return self.guidance_scale > 1
+    def uses_cfg(self, spec: ModelSpec) -> bool:
+        """True when ``spec``'s denoiser sees the doubled guidance batch at this scale (its family's guidance kind:
+        FLUX.1-dev embeds the scale instead)."""
+        return spec.cfg_batch(self.guidance_scale)
 
     @property
     def num_images(self) -> int:
         return self.prompts.num_images if self.prompts is not None else len(self.class_labels)
 
-    @property
-    def model_batch(self) -> int:
-        """Batch the denoiser sees (doubled under guidance)."""
-        return self.num_images * (2 if self.cfg else 1)
+    def denoiser_batch(self, spec: ModelSpec) -> int:
+        """Batch ``spec``'s denoiser sees (doubled under classifier-free guidance)."""
+        return self.num_images * (2 if self.uses_cfg(spec) else 1)
 
     def conditioning(self, spec: ModelSpec) -> Conditioning:
         """The checked conditioning of this request on ``spec``."""
-        return conditioning_for(spec, tuple(self.class_labels), self.prompts, self.cfg)
+        return conditioning_for(spec, tuple(self.class_labels), self.prompts, self.uses_cfg(spec))
 
 
 def noise_generators(request: SampleRequest) -> torch.Generator | list[torch.Generator]:
@@ -133,9 +133,10 @@ def sample(
 
         return sample_flow(denoiser, spec, request, scheduler_config, progress, dtype, device)
     conditioning = request.conditioning(spec)
+    cfg = request.uses_cfg(spec)
     scheduler = make_scheduler(request.scheduler, scheduler_config or spec.scheduler_config)
     channels = spec.in_channels
-    cond = conditioning.inputs(request.cfg, dtype, device)
+    cond = conditioning.inputs(cfg, dtype, device)
     scheduler.set_timesteps(request.steps)
     generators = noise_generators(request)
     latents = initial_noise(spec, request, dtype, device, generators)
@@ -148,33 +149,37 @@ def sample(
 
         iterator = tqdm(timesteps, desc="sampling", unit="step")
     for t in iterator:
-        model_in = torch.cat([latents, latents]) if request.cfg else latents  # (2B, C, H, W)
+        model_in = torch.cat([latents, latents]) if cfg else latents  # (2B, C, H, W)
         model_in = scheduler.scale_model_input(model_in, t)
         t_batch = t.reshape(1).to(device=device, dtype=torch.float32).expand(model_in.shape[0])
         out = denoiser({"x": model_in.to(dtype), "timestep": t_batch, **cond})
         eps = out[:, :channels].float()  # learned-sigma channels dropped
-        if request.cfg:
+        if cfg:
             eps = conditioning.guide(eps, request.guidance_scale)
         latents = scheduler.step(eps, t, latents.float(), **step_kwargs).prev_sample.to(dtype)
     return latents
 
 
-def model_denoiser(model: torch.nn.Module) -> Denoiser:
-    """The unmodified diffusers model as a denoiser (the eager reference), class- or text-conditioned."""
+def model_denoiser(model: torch.nn.Module, spec: ModelSpec | None = None) -> Denoiser:
+    """The unmodified diffusers model as a denoiser (the eager reference), class- or text-conditioned; with
+    ``spec``, also the extra forward arguments its family record names (FLUX's txt_ids / img_ids)."""
     context = inspect.signature(model.forward).parameters.get("encoder_hidden_states")
     no_text = {"encoder_hidden_states": None} if context is not None and context.default is context.empty else {}
+    extras = spec.family_record.forward_extras(spec) if spec is not None else {}
 
     def run(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        kwargs = {**no_text, **diffusers_kwargs(inputs)}  # a class-conditional UNet2DConditionModel takes no text
-        return model(inputs["x"], timestep=inputs["timestep"], **kwargs).sample
+        device = inputs["x"].device
+        kwargs = {**no_text, **{k: v.to(device) for k, v in extras.items()}, **diffusers_kwargs(inputs)}
+        return model(inputs["x"], timestep=inputs["timestep"], **kwargs).sample  # class-conditional U-Nets: no text
 
     return run
 
 
 def diffusers_kwargs(inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """ditcache's conditioning inputs as keyword arguments of a diffusers denoiser's forward."""
-    kwargs: dict[str, Any] = {k: inputs[k] for k in ("class_labels", "encoder_hidden_states", "encoder_attention_mask")
-                              if k in inputs}
+    """ditcache's conditioning inputs as keyword arguments of a diffusers denoiser's forward (FLUX / SD3: pooled
+    text embeddings; FLUX.1-dev: the embedded guidance scale)."""
+    names = ("class_labels", "encoder_hidden_states", "encoder_attention_mask", "pooled_projections", "guidance")
+    kwargs: dict[str, Any] = {k: inputs[k] for k in names if k in inputs}
     added = {k: inputs[k] for k in ("resolution", "aspect_ratio") if k in inputs}  # PixArt micro-conditions
     if added:
         kwargs["added_cond_kwargs"] = added

@@ -22,12 +22,14 @@ def options(pairs: list[str] | None) -> dict:
 
 def export_guidance(args: argparse.Namespace) -> bool:
     """Whether engines are built for guidance (a doubled batch): yes unless --no-guidance or the model samples
-    without it by default (PixArt-α-LCM); --guidance-batch forces it."""
+    without a guidance batch by default (PixArt-α-LCM; FLUX, whose scale is a model input); --guidance-batch
+    forces it."""
     from ditcache.graphs.registry import get_spec
 
     if args.no_guidance:
         return False
-    return bool(args.guidance_batch) or get_spec(args.model).guidance_scale > 1
+    spec = get_spec(args.model)
+    return bool(args.guidance_batch) or spec.cfg_batch(spec.guidance_scale)
 
 
 def cmd_export_engines(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from .inputs import schedule
 
 def cmd_show_plan(args: argparse.Namespace) -> int:
     from ditcache.graphs import costs_for
+    from ditcache.graphs.adaptive import is_adaptive
     from ditcache.graphs.planning import plan_for
     from ditcache.graphs.registry import get_spec
 
@@ -20,8 +21,13 @@ def cmd_show_plan(args: argparse.Namespace) -> int:
     plan = plan_for(sched, spec)
     if args.json:
         data = plan.to_dict()
-        data.update(model=spec.name, step_macs=plan.step_macs(costs),
-                    theoretical_speedup=plan.theoretical_speedup(costs), plan_hash=plan.hash())
+        if is_adaptive(plan):  # decided at run time: the bounds of what a run can cost
+            low, high = plan.macs_bounds(costs)
+            data.update(model=spec.name, macs_bounds={"min": low, "max": high},
+                        theoretical_speedup_bounds=[1.0, high / low], plan_hash=plan.hash())
+        else:
+            data.update(model=spec.name, step_macs=plan.step_macs(costs),
+                        theoretical_speedup=plan.theoretical_speedup(costs), plan_hash=plan.hash())
         print(json.dumps(data, indent=2))
     else:
         print(f"model {spec.name} ({spec.num_blocks} blocks), batch {args.batch}, schedule {sched.source}")

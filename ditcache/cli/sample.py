@@ -34,6 +34,23 @@ def write_samples(latents, spec, vae: str | None, out: Path, columns: int) -> li
     return written
 
 
+def report_decisions(dispatcher, out: Path, show: bool) -> None:
+    """An adaptive run's decisions: decisions.json in ``out`` (atomic), and the table with ``--show-decisions``."""
+    decisions = getattr(dispatcher, "decisions", None)
+    if decisions is None:
+        if show:
+            print("  (static schedule: no run-time decisions)")
+        return
+    import json
+
+    from ditcache.compiler.atomic import write_atomic
+    from ditcache.compiler.runtime.decider import decisions_table
+
+    write_atomic(out / "decisions.json", json.dumps([d.to_dict() for d in decisions], indent=1) + "\n")
+    if show:
+        print(decisions_table(decisions))
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
     from ditcache.compiler.runtime.sampling import SampleRequest
@@ -60,6 +77,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
           f"wrote {', '.join(str(out / w) for w in written)}")
     if "grid.png" not in written:
         print("  (latent model without --vae: no image written)")
+    report_decisions(dispatcher, out, args.show_decisions)
     return 0
 
 
@@ -78,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"{spec.name} is class-conditional: give --classes (one label per image)")
     classes = () if embeddings is not None else tuple(args.classes)
     images = embeddings.num_images if embeddings is not None else len(classes)
-    check = {"images": images, "guidance": args.guidance > 1}
+    check = {"images": images, "guidance": spec.cfg_batch(args.guidance)}
     if args.schedule:
         check["schedule"] = load_schedule(args.schedule)
     loaded = load_engines(args.engines, weights=args.weights, device=args.device, **check)
@@ -98,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{request.num_images} images, {request.steps} {request.scheduler} steps, "
           f"median {sorted(times)[len(times) // 2]:.3f} s over {args.repeats} runs (compile/warm-up excluded); "
           f"wrote {out}")
+    report_decisions(loaded.dispatcher, out, args.show_decisions)
     return 0
 
 
@@ -113,6 +132,8 @@ def register_sample(sub, epilog: str) -> None:
                    help="steps of the full schedule when no --schedule is given (default 50)")
     p.add_argument("--vae", type=existing_folder, help="local diffusers VAE folder, to decode latent models to PNG")
     p.add_argument("--out", type=output_folder, default="samples", help="output folder (default: %(default)s)")
+    p.add_argument("--show-decisions", action="store_true",
+                   help="adaptive schedules: print each step's decision (also written to OUT/decisions.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 
@@ -128,6 +149,8 @@ def register_run(sub, epilog: str) -> None:
     p.add_argument("--repeats", type=positive_int, default=1, help="timed runs after one warm-up")
     p.add_argument("--vae", type=existing_folder, help="local diffusers VAE folder, to decode latent models to PNG")
     p.add_argument("--out", type=output_folder, default="samples", help="output folder (default: %(default)s)")
+    p.add_argument("--show-decisions", action="store_true",
+                   help="adaptive schedules: print each step's decision (also written to OUT/decisions.json)")
     add_sampling_args(p)
     add_text_args(p)
     p.set_defaults(func=cmd_run)

@@ -53,7 +53,9 @@ def load_runner(cfg: GenerateConfig, job: Dist) -> Runner:
         if cfg.chunk_size is not None and cfg.chunk_size != batch:
             raise ValueError(f"the engines in {cfg.engines} sample {batch} images per call; use --chunk-size {batch} "
                              f"(or export with --batch-size {cfg.chunk_size})")
-        check: dict[str, Any] = {"images": batch, "guidance": cfg.guidance > 1}
+        from ditcache.graphs.registry import get_spec
+
+        check: dict[str, Any] = {"images": batch, "guidance": get_spec(manifest.model["name"]).cfg_batch(cfg.guidance)}
         if schedule is not None:
             check["schedule"] = schedule
         device = None if cfg.device == "auto" else cfg.device

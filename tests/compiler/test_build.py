@@ -118,3 +118,18 @@ def test_trainable_dispatcher_passes_gradients_to_the_corrections(tiny_parts, ti
     dispatcher(inputs[1]).sum().backward()  # step 1 replays b1 and b2
     assert params["shift.b1"].grad[1].abs().sum() > 0
     assert params["shift.b1"].grad[0].abs().sum() == 0  # step 0 replays nothing
+
+
+def test_fresh_dispatcher_shares_the_variants_not_the_caches(tiny_parts, tiny_spec):
+    plan = plan_for(parse_schedule(BLOCK), tiny_spec)
+    inputs = step_inputs(tiny_parts, plan.num_steps, seed=4)
+    first = build_dispatcher(plan, parts=tiny_parts)
+    want = run(first, inputs)
+    first.reset()
+    first(inputs[0])  # mid-run: holds caches
+    other = first.fresh()
+    assert other.variants == first.variants and other.step == 0 and other.caches == {}
+    got = [other(x) for x in inputs]
+    assert first.step == 1 and set(first.caches) == {"b1", "b2"}  # untouched by the other's run
+    for s in range(plan.num_steps):
+        torch.testing.assert_close(got[s], want[s], rtol=0, atol=0)

@@ -208,3 +208,66 @@ def test_pooled_embeddings_round_trip_through_a_file(tmp_path):
     torch.testing.assert_close(loaded.select([1, 1]).pooled, prompts.pooled[[1, 1]], rtol=0, atol=0)
     with pytest.raises(ValueError, match="negative_pooled_prompt_embeds has shape"):
         PromptEmbeddings(prompts.embeds, prompts.mask, pooled=prompts.pooled, negative_pooled=torch.randn(3, 16))
+
+
+def test_guidance_batch_follows_the_familys_guidance_kind():
+    """Only classifier-free guidance doubles the denoiser batch: FLUX.1-dev's scale 3.5 is a model input (one
+    batch), SD3's and Wan's 5.0 run [negative; positive]; diffusion models double above 1 as before."""
+    import argparse
+
+    from ditcache.cli.export import export_guidance
+
+    flux, schnell, sd3, wan, dit = (get_spec(n) for n in ("flux-tiny", "flux-schnell-tiny", "sd3-tiny", "wan-tiny",
+                                                         "dit-tiny"))
+    for spec, scale, doubled in [(flux, 3.5, False), (schnell, 0.0, False), (sd3, 5.0, True), (sd3, 1.0, False),
+                                 (wan, 5.0, True), (dit, 4.0, True), (dit, 1.0, False)]:
+        prompts = prompts_for(spec, images=3) if spec.text_conditioned else None
+        labels = () if spec.text_conditioned else (1, 2, 3)
+        request = SampleRequest(labels, 2, scale, scheduler=spec.sampler, prompts=prompts)
+        assert spec.cfg_batch(scale) is doubled and request.uses_cfg(spec) is doubled, (spec.name, scale)
+        assert request.denoiser_batch(spec) == (6 if doubled else 3), (spec.name, scale)
+    args = argparse.Namespace(model="flux-tiny", no_guidance=False, guidance_batch=False)
+    assert export_guidance(args) is False  # engines for FLUX.1-dev are built for the images' batch
+    assert export_guidance(argparse.Namespace(model="sd3-tiny", no_guidance=False, guidance_batch=False)) is True
+
+
+def test_resolution_and_frames_resize_the_latents():
+    """--resolution (and Wan's frame count) through the family records' resize: the latents, the tokens and the
+    dynamic shift follow; out-of-range sizes are refused with the reason."""
+    from ditcache.graphs.registry import at_resolution
+
+    dev = at_resolution(get_spec("flux-dev"), 512)
+    assert dev.latent_shape == (16, 64, 64) and image_tokens(dev) == 1024 and dev.name == "flux-dev"
+    assert at_resolution(get_spec("sd3-medium"), 768).latent_shape == (16, 96, 96)
+    wan = at_resolution(get_spec("wan21-t2v-1.3b"), 256, frames=17)
+    assert wan.latent_shape == (16, 5, 32, 32)
+    assert at_resolution(get_spec("wan21-t2v-1.3b"), None, frames=81).latent_shape == (16, 21, 60, 104)
+    assert at_resolution(get_spec("dit-tiny"), None) is get_spec("dit-tiny")
+    with pytest.raises(ValueError, match="4k \\+ 1 frames"):
+        at_resolution(wan, None, frames=16)
+    with pytest.raises(ValueError, match="no frame count"):
+        at_resolution(get_spec("flux-tiny"), None, frames=5)
+    with pytest.raises(ValueError, match="no frame count"):
+        at_resolution(get_spec("dit-tiny"), None, frames=5)
+    with pytest.raises(ValueError, match="position table"):
+        at_resolution(get_spec("sd3-tiny"), 256)  # 8 patches of 2 latents: at most 128 pixels
+    with pytest.raises(ValueError, match="multiple of 16"):
+        at_resolution(get_spec("flux-tiny"), 72)
+
+
+@pytest.mark.parametrize("name, resolution, frames, guidance", [
+    ("flux-tiny", 128, None, 3.5),  # 16x16 latents: 64 image tokens, another rotary table and mu
+    ("sd3-tiny", 96, None, 5.0),  # 12x12 latents, the position table cropped differently
+    ("wan-tiny", 48, 5, 1.0),  # 2 latent frames of 6x6
+])
+def test_resized_spec_equals_the_stock_pipeline_at_that_size(models, name, resolution, frames, guidance):
+    from ditcache.graphs.registry import at_resolution
+
+    spec, model = models(name)
+    spec = at_resolution(spec, resolution, frames)
+    prompts = prompts_for(spec)
+    want, _ = stock_latents(spec, model, prompts, 3, guidance)
+    got, _ = ours(spec, model, prompts, 3, guidance)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    latent = tuple(spec.latent_shape)
+    assert latent[-2:] == (resolution // 8,) * 2 and (frames is None or latent[1] == (frames - 1) // 4 + 1)

@@ -129,6 +129,9 @@ def test_engine_compatibility_names_the_field():
     ({"cuda_graph": "yes"}, "cuda_graph must be true or false"),
     ({"workspace_mib": 0}, "workspace_mib must be a positive integer"),
     ({"timing_cache": 3}, "timing_cache must be a path"),
+    ({"route": "dynamo", "weight_stripped": True}, "weight_stripped is for route=onnx"),
+    ({"weight_stripped": True, "optimize": True}, "optimize=false"),
+    ({"weight_stripped": "yes"}, "weight_stripped must be true or false"),
 ])
 def test_invalid_settings_raise_value_error(options, match, tmp_path):
     backend, settings = TensorRTBackend(), BuildSettings("fp16", "cuda", options)
@@ -146,6 +149,74 @@ def test_options_defaults_and_export_passthrough():
                                                                 "timing_cache": "/tmp/t.cache", "workspace_mib": 512}))
     assert parsed.cuda_graph and parsed.workspace_mib == 512 and parsed.timing_cache == "/tmp/t.cache"
     assert parsed.export == (("opset", 18),)
+
+
+def test_weight_stripped_engines_share_the_model_weights_file():
+    stripped = BuildSettings("fp16", "cuda", {"weight_stripped": True, "opset": 18})
+    parsed = TensorRTOptions.of(stripped)
+    assert parsed.weight_stripped and parsed.export == (("opset", 18), ("optimize", False))  # names kept for refit
+    backend = TensorRTBackend()
+    assert backend.shared_weights(stripped) == "model" and backend.shared_weights(CUDA) is None
+
+
+class _FakeRefitter:
+    """Stands in for trt.Refitter to test refit_engine's own logic (the order of checks), not TensorRT."""
+
+    def __init__(self, names, missing=()):
+        self.names, self.missing, self.set, self.refitted = list(names), list(missing), {}, False
+
+    def get_all_weights(self):
+        return self.names
+
+    def set_named_weights(self, name, weights, location):
+        self.set[name] = weights
+        return True
+
+    def get_missing_weights(self):
+        return self.missing
+
+    def refit_cuda_engine(self):
+        self.refitted = True
+        return True
+
+
+def _fake_trt(refitter):
+    class Weights:
+        def __init__(self, dtype, ptr, count):
+            self.dtype, self.ptr, self.count = dtype, ptr, count
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    return types.SimpleNamespace(Refitter=lambda engine, logger: refitter, Weights=Weights, Logger=Logger,
+                                 TensorLocation=types.SimpleNamespace(DEVICE="device"), float32="f32")
+
+
+def test_refit_sets_every_weight_from_the_shared_tensors_and_refuses_missing_ones(monkeypatch):
+    from ditcache.compiler.backends.tensorrt import refit_engine
+    from ditcache.compiler.shared_weights import SharedWeights, WeightEntry
+
+    shared = SharedWeights("fp32", source={"blocks.0.w": torch.ones(4, 4), "blocks.0.b": torch.zeros(4)})
+    entries = {"segments.w": WeightEntry("blocks.0.w", (4, 4), "float32"),
+               "segments.b": WeightEntry("blocks.0.b", (4,), "float32")}
+    refitter = _FakeRefitter(["segments.w", "segments.b"])
+    fake = _fake_trt(refitter)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)  # _trt_dtypes reads the dtype names from "tensorrt"
+    refit_engine(object(), "variant.full", entries, shared, None, torch.device("cpu"), trt_module=fake)
+    assert refitter.refitted and sorted(refitter.set) == ["segments.b", "segments.w"]
+    assert refitter.set["segments.w"].ptr == shared.tensors["blocks.0.w"].data_ptr()  # the shared memory itself
+
+    unknown = _FakeRefitter(["segments.w", "segments.b", "segments.extra"])
+    with pytest.raises(ValueError, match="does not record"):
+        refit_engine(object(), "variant.full", entries, shared, None, torch.device("cpu"), trt_module=_fake_trt(unknown))
+    assert not unknown.set and not unknown.refitted  # refused before anything reached TensorRT
+    partial = _FakeRefitter(["segments.w", "segments.b"], missing=["segments.b"])
+    with pytest.raises(ValueError, match="still misses weights"):
+        refit_engine(object(), "variant.full", entries, shared, None, torch.device("cpu"), trt_module=_fake_trt(partial))
+    assert not partial.refitted
 
 
 def test_match_names_by_name_then_by_position():
@@ -254,3 +325,29 @@ def test_dynamo_route_matches_eager(trt, tiny_parts, tiny_spec, precision, tmp_p
     files = backend.build(graph, settings, tmp_path)
     assert sorted(p.name for p in files) == [f"{graph.name}.ep", f"{graph.name}.trt.json"]
     _assert_matches_eager(backend.load(graph, settings, files), graph, precision)
+
+
+def test_weight_stripped_engines_refit_from_the_shared_file(trt, tmp_path):
+    """export-engines --backend tensorrt --option weight_stripped=true: no ONNX and no weights in the artifacts,
+    one weights file, engines refitted from it at load and equal to eager."""
+    from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
+    from ditcache.compiler.runtime.sampling import SampleRequest
+    from ditcache.export.export_engines import ExportRequest, export_engines
+    from ditcache.export.load import load_engines
+    from ditcache.graphs import get_spec, load_model
+
+    (tmp_path / "s.yaml").write_text("kind: delta-dit\nsteps: 3\nboundary: 3\ninterval: 2\ncached_blocks: 2\n")
+    report = export_engines(ExportRequest(model="dit-tiny", schedule=tmp_path / "s.yaml", out=tmp_path / "eng",
+                                          backend="tensorrt", random_weights=True, batch_size=2, device="cuda",
+                                          granularity="variant", options={"weight_stripped": True}),
+                            log=lambda m: None, progress=False)
+    assert report.manifest.weights.kind == "model"
+    for record in report.manifest.artifacts.values():
+        assert not [f for f in record.files if ".onnx" in f] and record.shared == ["weights/fp32.safetensors"]
+    loaded = load_engines(tmp_path / "eng")
+    request = SampleRequest((3, 7, 11), steps=3, seed=5)
+    spec = get_spec("dit-tiny")
+    model, _ = load_model(spec, random_weights=True)
+    want = sample_with_plan(eager_dispatcher(model.to("cuda"), spec, loaded.plan), spec, request, device="cuda")
+    got = sample_with_plan(loaded.dispatcher, loaded.spec, request, device="cuda")
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
