@@ -30,6 +30,8 @@ from typing import Any, Sequence
 from ditcache.benchmarks.bench_report import machine_info
 from ditcache.compiler.atomic import write_atomic
 
+from ditcache.benchmarks.paths import repo_relative
+
 
 def abba_order(count: int, rounds: int) -> list[int]:
     """Candidate indices in ABBA-style order: each round runs all forwards, then all backwards."""
@@ -132,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        for i in range(len(loaded))],
     }
     out = Path(args.out)
-    write_atomic(out / "results.json", json.dumps(document, indent=2) + "\n", mkdir=True)
-    write_atomic(out / "results.md", markdown(document), mkdir=True)
+    write_atomic(out / "results.json", repo_relative(json.dumps(document, indent=2) + "\n"), mkdir=True)
+    write_atomic(out / "results.md", repo_relative(markdown(document)), mkdir=True)
     print(markdown(document))
     return 0
 

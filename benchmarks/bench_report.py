@@ -12,9 +12,9 @@ import platform
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ditcache.compiler.atomic import atomic_path, write_atomic, write_json_atomic
-
+from ditcache.benchmarks.paths import repo_relative
 from ditcache.benchmarks.plots import pyplot
+from ditcache.compiler.atomic import atomic_path, write_atomic
 
 # Columns of results.csv, in order; results.json rows carry these and a few lists (runs, per-step samples).
 COLUMNS = (
@@ -225,11 +225,12 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: _csv_value(r.get(k)) for k in COLUMNS})
-    write_atomic(path, buffer.getvalue(), mkdir=True)
+    write_atomic(path, repo_relative(buffer.getvalue()), mkdir=True)
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
-    write_json_atomic(path, _json_safe(document), mkdir=True, indent=2, sort_keys=False, allow_nan=False)
+    text = json.dumps(_json_safe(document), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    write_atomic(path, repo_relative(text), mkdir=True)
 
 
 def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
@@ -360,7 +361,7 @@ def write_markdown(path: Path, document: Mapping[str, Any]) -> None:
     if notes:
         lines += ["## Notes", ""] + [f"- `{i}`: {n}" for i, n in notes] + [""]
     lines += ["Speedup vs MACs: `speedup_vs_macs.png`; every field: `results.json` / `results.csv`.", ""]
-    write_atomic(path, "\n".join(lines), mkdir=True)
+    write_atomic(path, repo_relative("\n".join(lines)), mkdir=True)
 
 
 MARKERS = {"diffusers": "s", "eager": "o", "inductor": "^", "onnxruntime": "D", "tensorrt": "P"}

@@ -48,6 +48,7 @@ import numpy as np
 
 from ditcache.compiler.atomic import write_atomic
 
+from ditcache.benchmarks.paths import repo_relative
 from ditcache.benchmarks.plots import pyplot
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -440,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "block_roles.json", json.dumps(record, indent=2) + "\n")
-    write_atomic(out / "block_roles.md", _markdown(record))
+    write_atomic(out / "block_roles.json", repo_relative(json.dumps(record, indent=2) + "\n"))
+    write_atomic(out / "block_roles.md", repo_relative(_markdown(record)))
     _figures(images, stats, out, f"{MODEL} step {weights.get('step', '?')}: k={args.k} blocks cached (offset) every "
                                  f"step s % {args.interval} != 0, N={args.n}")
     for name in ranges:

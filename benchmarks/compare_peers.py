@@ -38,6 +38,7 @@ from ditcache.compiler.atomic import write_atomic
 
 from .eval_quality import REPO_ROOT, SCHEDULES, machine_info, per_image_psnr, per_sample_cosine
 from .peers import CACHE_DIT_METHODS, FAMILIES, METHODS, cache_dit_unavailable
+from .paths import repo_relative
 from .plots import pyplot
 
 _TOP = {"name", "description", "model", "weights", "random_weights", "steps", "scheduler", "guidance", "seed",
@@ -548,8 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     record["total_s"] = time.perf_counter() - started
     record["cache_dit"] = unavailable or "cache-dit 1.5.3"
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "results.json", json.dumps(record, indent=2, default=str) + "\n")
-    write_atomic(out / "results.md", markdown(record))
+    write_atomic(out / "results.json", repo_relative(json.dumps(record, indent=2, default=str) + "\n"))
+    write_atomic(out / "results.md", repo_relative(markdown(record)))
     plot_pareto(record, out / "pareto.png")
     _progress(f"wrote {out}/results.json, results.md, pareto.png ({record['total_s']:.0f} s)", args.quiet)
     return 0

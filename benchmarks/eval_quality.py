@@ -75,6 +75,7 @@ import torch  # noqa: E402
 from ditcache.compiler.atomic import write_atomic  # noqa: E402
 from ditcache.compiler.runtime.seeds import sample_seed  # noqa: E402 (block_roles and peer_worker import it from here)
 
+from ditcache.benchmarks.paths import repo_relative  # noqa: E402
 from ditcache.benchmarks.plots import pyplot  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -614,14 +615,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"resized to 299 with nv_bilinear_float) vs {args.n} class-balanced test images"},
         "results": rows,
     }
-    write_atomic(out / "results.json", json.dumps(record, indent=2, default=str, allow_nan=False) + "\n")
+    write_atomic(out / "results.json", repo_relative(json.dumps(record, indent=2, default=str, allow_nan=False) + "\n"))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in CSV_FIELDS})
     write_atomic(out / "results.csv", buf.getvalue())
-    write_atomic(out / "results.md", markdown(record))
+    write_atomic(out / "results.md", repo_relative(markdown(record)))
     plot_fid_vs_macs(rows, floor, out / "fid_vs_macs.png",
                      f"{args.model} step {weights.get('step', '?')}, N={args.n}, {STEPS} DDIM steps, guidance {args.guidance}")
     log(f"wrote {out}/results.csv, results.json, results.md, fid_vs_macs.png, samples_*.png "
