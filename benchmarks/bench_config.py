@@ -49,13 +49,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from ditcache.compiler.backend import PRECISIONS
+from ditcache.graphs.schedule import read_yaml_document
 
 BACKEND_STOCK = "diffusers"  # the stock DiTPipeline rows
 EAGER = "eager"
 WARMUPS = ("variants", "run")
 STEP_TIMINGS = ("inline", "separate")
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 _TOP_KEYS = {
     "name", "description", "model", "weights", "random_weights", "device", "threads", "images", "classes",
@@ -215,10 +215,7 @@ def load_config(path: str | Path) -> BenchConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config {str(path)!r} does not exist (see benchmarks/configs/)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml_document(path, ConfigError, "benchmark config")
     return parse_config(data, source=str(path), base_dir=path.parent, default_name=path.stem)
 
 

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from ditcache.compiler.atomic import write_atomic
+from ditcache.graphs.schedule import read_yaml_document
 
 from .bench_config import ConfigError
-from ditcache.compiler.atomic import write_atomic
-
 from .eval_quality import REPO_ROOT, SCHEDULES, machine_info, per_image_psnr, per_sample_cosine
 from .peers import CACHE_DIT_METHODS, FAMILIES, METHODS, cache_dit_unavailable
 from .paths import repo_relative
@@ -56,7 +56,7 @@ def load_peers_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config {str(path)!r} does not exist (see benchmarks/configs/peers-*.yaml)")
-    cfg = yaml.safe_load(path.read_text())
+    cfg = read_yaml_document(path, ConfigError, "peers config")
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: a peers config is a mapping")
     unknown = sorted(set(cfg) - _TOP)

@@ -6,6 +6,8 @@ Kinds and keys (unknown keys are rejected, and so is a key given twice)::
     kind: delta-dit       steps, boundary | boundary_fraction | boundary: auto + curves, interval, cached_blocks |
                           target_speedup, cache (offset | output)
     kind: block-cache     steps, recompute {block: [steps]} | threshold + curves, cache, scale_shift
+    kind: adaptive        steps, threshold, signal (first-block | modulated-input), replay (rest | [start, end]),
+                          warmup, final, max_consecutive, rescale, cache (decided at run time: docs/adaptive.md)
 
 Paths (``curves``, ``scale_shift``) are relative to the schedule file's folder. The normalized form (what a
 manifest stores and a plan hash covers) names files by their sha256, never by where they lie.
@@ -21,6 +23,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from .adaptive import KEYS as ADAPTIVE_KEYS
+from .adaptive import adaptive_params
 from .curves import CURVES_FORMAT, Calibration, ChangeCurves, CurvesError, read_utf8
 from .plan import CACHE_MODES
 from .schedule_rules import boundary_from_curves, threshold_recompute
@@ -28,7 +32,7 @@ from .schedule_rules import boundary_from_curves, threshold_recompute
 __all__ = ["CURVES_FORMAT", "KINDS", "Schedule", "ScheduleError", "full_schedule", "load_schedule", "parse_schedule",
            "read_schedule_mapping"]
 
-KINDS = ("full", "delta-dit", "block-cache")
+KINDS = ("full", "delta-dit", "block-cache", "adaptive")
 DEFAULT_BOUNDARY_FRACTION = 0.5
 
 _KEYS = {
@@ -36,6 +40,7 @@ _KEYS = {
     "delta-dit": {"kind", "steps", "boundary", "boundary_fraction", "interval", "cached_blocks",
                   "target_speedup", "cache", "curves"},
     "block-cache": {"kind", "steps", "recompute", "threshold", "curves", "cache", "scale_shift"},
+    "adaptive": set(ADAPTIVE_KEYS),
 }
 
 
@@ -134,19 +139,25 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_schedule_mapping(path: str | Path) -> Any:
-    """The YAML (or JSON) document of a schedule file, not yet validated; every reading error names the file."""
+def read_yaml_document(path: str | Path, error: type[Exception] = ValueError, what: str = "file") -> Any:
+    """The YAML (or JSON) document of ``path``, a key given twice refused; every reading error is an ``error``
+    naming the file (``what`` says what kind of file it should be)."""
     path = Path(path)
     if not path.is_file():
-        raise ScheduleError(f"schedule file {str(path)!r} does not exist")
-    text = read_utf8(path, ScheduleError, "schedule file")
+        raise error(f"{what} {str(path)!r} does not exist")
+    text = read_utf8(path, error, what)
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)
     except _DuplicateKey as exc:
-        raise ScheduleError(f"{path}: line {exc.line}: key {exc.key!r} is given twice (first on line {exc.first}); "
-                            f"keep one") from None
+        raise error(f"{path}: line {exc.line}: key {exc.key!r} is given twice (first on line {exc.first}); "
+                    f"keep one") from None
     except yaml.YAMLError as exc:
-        raise ScheduleError(f"{path}: not valid YAML: {exc}") from None
+        raise error(f"{path}: not valid YAML: {exc}") from None
+
+
+def read_schedule_mapping(path: str | Path) -> Any:
+    """The YAML (or JSON) document of a schedule file, not yet validated; every reading error names the file."""
+    return read_yaml_document(path, ScheduleError, "schedule file")
 
 
 def load_schedule(path: str | Path) -> Schedule:
@@ -177,6 +188,8 @@ def parse_schedule(data: Any, source: str = "<schedule>", base_dir: Path | None 
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     if kind == "full":
         return Schedule(kind, steps, {}, source)
+    if kind == "adaptive":  # the policy of graphs.adaptive; the plan leaves the replays to the run
+        return Schedule(kind, steps, adaptive_params(data, steps, source), source)
     if kind == "delta-dit":
         params, calibration = _delta_dit_params(data, steps, source, base_dir)
         return Schedule(kind, steps, params, source, calibration=calibration)

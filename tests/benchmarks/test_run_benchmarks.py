@@ -145,3 +145,12 @@ def test_profile_speedup_uses_the_rows_own_full_steps():
                                               "back-skipped": {"median_ms": 25.0, "count": 4}}}
     assert profile_speedup(row) == 8 * 100.0 / (4 * 100.0 + 4 * 25.0)  # 1.6x: 8 calls at full cost vs measured
     assert profile_speedup({"steps": 4, "per_step_median_ms": {"back-skipped": {"median_ms": 1.0, "count": 2}}}) is None
+
+
+def test_config_with_a_key_given_twice_is_refused(tmp_path):
+    from ditcache.benchmarks.bench_config import ConfigError, load_config
+
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: x\nmodel: dit-tiny\nmodel: dit-xl\n")
+    with pytest.raises(ConfigError, match=r"line 3: key 'model' is given twice \(first on line 2\)"):
+        load_config(path)
