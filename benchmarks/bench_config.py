@@ -352,10 +352,6 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
                 raise ConfigError(f"{where}: precision {p!r} is not one of {', '.join(PRECISIONS)}")
         for s in g["schedules"]:
             _known_schedule(cfg, s, where)
-        compiled = [b for b in g["backends"] if b not in (EAGER, BACKEND_STOCK)]
-        if cfg.frames is not None and compiled:
-            raise ConfigError(f"{where}: 'frames' applies to stock and eager rows only (export-engines has no frame "
-                              f"count yet); drop {compiled[0]!r} or 'frames'")
         cfg.matrix.append(g)
     return cfg
 

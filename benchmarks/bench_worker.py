@@ -372,7 +372,7 @@ def phase_build(job: dict) -> dict:
     request = ExportRequest(
         model=row.model, schedule=job["schedule_file"], out=job["engines_dir"], backend=row.backend,
         weights=row.weights, precision=row.precision, batch_size=row.num_images, guidance=_spec(row).cfg_batch(row.guidance),
-        resolution=row.resolution, granularity=row.granularity, device=row.device, options=dict(row.options),
+        resolution=row.resolution, frames=row.frames, granularity=row.granularity, device=row.device, options=dict(row.options),
         validate=row.validate,
     )
     start = time.perf_counter()

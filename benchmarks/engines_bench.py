@@ -12,8 +12,9 @@ For every model of the config (benchmarks/configs/engines-*.yaml) and every back
   timed runs after the first, in the same process.
 * **peak RSS** of that process (/proc VmHWM; getrusage ru_maxrss beside it), next to the weights' own size
   (parameters x bytes per element in the export precision).
-* **batch**: the same loaded engines then sample each other size of ``batch_check`` once (after the memory
-  reading); image 0 is compared with the row's own image 0 (per-image seeds: splitting must not change it).
+* **batch** (backends with artifacts): the same loaded engines then sample each other size of ``batch_check`` once
+  (after the memory reading); image 0 is compared with the row's own image 0 (per-image seeds: splitting must not
+  change it).
 
 Writes ``<out>/results.json`` and ``<out>/results.md`` after every row (an interrupted run keeps what it measured).
 """
@@ -258,7 +259,8 @@ def measure_row(entry: ModelEntry, row: RowSpec, cfg: EnginesConfig, work: Path,
     job = {"row": row.to_dict(), "schedule_file": schedule_file(row, row_dir), "repeats": row.repeats,
            "engines_dir": str(engines / entry.model / row.id.replace("/", "__")),
            "latents_file": str(row_dir / "latents.pt"),
-           "batch_check": [b for b in entry.batch_check if b != row.num_images] if row.kind == "compiled" else []}
+           "batch_check": [b for b in entry.batch_check if b != row.num_images]
+           if engine_kind(row.backend) == "artifacts" else []}  # eager and JIT have no export to reuse
     out["engines_dir"] = job["engines_dir"]
     if row.kind == "compiled":
         shutil.rmtree(job["engines_dir"], ignore_errors=True)  # export time is measured: never reuse engines

@@ -5,16 +5,18 @@ what does not fit is recorded as skipped, and the result files are rewritten aft
 
 1. **environment**: torch, CUDA and the device, diffusers, ONNX Runtime and its execution providers, TensorRT:
    what is there and what is missing (and what that skips).
-2. **backend checks** (each in its own process): a small model's Δ-DiT plan exported with export-engines
-   (every graph validated against fp32 eager) and sampled through load_engines on the device; the final
-   latents are compared with ditcache's eager fp32 sampling on the CPU. Inductor AOT (fp32, bf16), inductor
-   JIT with CUDA graphs, ONNX Runtime's CUDA provider, TensorRT, and eager on the device as the baseline
-   of the comparison; a backend that is not installed (or cannot run here) is skipped with its reason.
+2. **backend checks** (each in its own process, cheapest first): the tiny model's Δ-DiT plan (its four
+   variants; ``--check-model`` for a bigger one) exported with export-engines (every graph validated against
+   fp32 eager) and sampled through load_engines on the device; the final latents are compared with ditcache's
+   eager fp32 sampling on the CPU. Eager on the device, ONNX Runtime's CUDA provider, inductor AOT (fp32; bf16
+   with CUDA graphs), TensorRT, inductor JIT with CUDA graphs; a backend that is not installed (or cannot run
+   here) is skipped with its reason.
 3. **timing**: DiT-XL/2 256x256 (random weights), 50 DDIM steps, guidance 4, batch 1 and 8: the stock
    diffusers DiTPipeline in fp16 against ditcache compiled in bf16 (full and Δ-DiT
    schedules/dit-xl-delta-50.yaml), through benchmarks/run_benchmarks.py (each row its own process, export
-   apart from latency, per-step times, fidelity against the stock pipeline), with its time budget set to what
-   is left.
+   apart from latency, per-step times, fidelity against the stock pipeline). Stock rows of every batch first
+   (nothing to compile), then the compiled rows batch by batch, each stage with its share of what is left (a
+   row that outlives it is killed and says so).
 
 ``--dry-run`` runs all of it on the CPU with the tiny model and without the CUDA-only parts (CUDA graphs, the
 CUDA provider), so the script is tested where no GPU is (tests/benchmarks/test_gpu_check.py).
@@ -47,7 +49,8 @@ CHECK_SHARE = 0.35  # of the budget at most for the backend checks; the timing g
 MARGIN_S = 15.0  # kept back for writing the results
 CHECK_STEPS = 4
 MIN_CHECK_S = 30.0  # a check is not started with less time left than this (skipped by the time guard instead)
-MIN_TIMING_S = 30.0  # likewise a timing batch
+MIN_TIMING_S = 30.0  # likewise a timing stage
+STOCK_LIMIT_S = 150.0  # the stock pipeline's rows of one batch size (nothing to compile: well under a minute on a GPU)
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,13 @@ class Check:
     cuda_only: tuple[str, ...] = ()  # options dropped in the CPU dry run (and said so)
 
 
-CHECKS = (
+CHECKS = (  # cheapest first: the time guard drops the tail
     Check("eager fp32 (device baseline)", "eager", "fp32"),
+    Check("ONNX Runtime CUDA provider fp32", "onnxruntime", "fp32", {"provider": "cuda"}, ("provider",)),
     Check("inductor AOT fp32", "inductor", "fp32"),
     Check("inductor AOT bf16, CUDA graphs", "inductor", "bf16", {"cuda_graphs": True}, ("cuda_graphs",)),
-    Check("inductor JIT fp32, CUDA graphs", "inductor-jit", "fp32", {"cuda_graphs": True}, ("cuda_graphs",)),
-    Check("ONNX Runtime CUDA provider fp32", "onnxruntime", "fp32", {"provider": "cuda"}, ("provider",)),
     Check("TensorRT fp16", "tensorrt", "fp16"),
+    Check("inductor JIT fp32, CUDA graphs", "inductor-jit", "fp32", {"cuda_graphs": True}, ("cuda_graphs",)),
 )
 
 
@@ -159,6 +162,9 @@ def phase_check(job: dict[str, Any]) -> dict[str, Any]:
     from ditcache.graphs.weights import load_model
 
     check, device, work = Check(**job["check"]), job["device"], Path(job["work"])
+    # fp32 means fp32: cuDNN's default TF32 convolutions would move eager itself ~1e-3 away from the CPU reference
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     spec = get_spec(job["model"])
     schedule_data = check_schedule(spec.num_blocks)
     schedule_path = work / "schedule.yaml"
@@ -293,30 +299,38 @@ def timing_options(args) -> dict[str, Any]:
 
 
 def run_timing(args, device: str, clock: Clock, work: Path, out: Path, save) -> list[dict[str, Any]]:
-    """run_benchmarks once per batch size, each with its share of what is left."""
-    results = []
-    for i, images in enumerate(args.batches):
-        left = clock.left() / (len(args.batches) - i)
-        entry: dict[str, Any] = {"images": images, "folder": f"timing-b{images}"}
-        results.append(entry)
+    """run_benchmarks in stages: the stock rows of every batch size first (cheap: nothing to compile), then the
+    compiled rows of each batch (``--resume`` keeps the stock row, so speedups are against it), each stage with
+    its share of what is left; every stage rewrites the batch's results."""
+    entries = {images: {"images": images, "folder": f"timing-b{images}", "stages": []} for images in args.batches}
+    stages = [(images, "stock") for images in args.batches] + [(images, "compiled") for images in args.batches]
+    for i, (images, what) in enumerate(stages):
+        entry = entries[images]
+        compiled_left = sum(1 for _, w in stages[i:] if w == "compiled")
+        left = min(clock.left(), STOCK_LIMIT_S) if what == "stock" else clock.left() / compiled_left
+        stage: dict[str, Any] = {"rows": what}
+        entry["stages"].append(stage)
         if left < MIN_TIMING_S:
-            entry["status"] = (f"skipped: time guard ({max(left, 0):.0f} s for this batch; a batch gets at least "
+            stage["status"] = (f"skipped: time guard ({max(left, 0):.0f} s left for it; a stage gets at least "
                                f"{MIN_TIMING_S:.0f} s)")
-            save()
-            continue
-        config = work / f"timing-b{images}.yaml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(timing_config(args, images, device, left), sort_keys=False))
-        command = [sys.executable, "-m", "ditcache.benchmarks.run_benchmarks", "--config", str(config),
-                   "--out-dir", str(out / entry["folder"]), "--cache-dir", str(work / "bench-cache"), "--quiet"]
-        _progress(f"[{clock.elapsed():5.0f} s] timing: batch {images} (up to {left:.0f} s)", args.quiet)
-        log = work / f"timing-b{images}.log"
-        try:
-            with open(log, "w") as handle:
-                code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=left + 10).returncode
-            entry["status"] = "ok" if code == 0 else f"failed: run_benchmarks exited with {code} (log {log})"
-        except subprocess.TimeoutExpired:
-            entry["status"] = f"failed: time guard: killed after {left + 10:.0f} s (partial rows kept; log {log})"
+        else:
+            config = work / f"timing-b{images}.yaml"
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(yaml.safe_dump(timing_config(args, images, device, left), sort_keys=False))
+            command = [sys.executable, "-m", "ditcache.benchmarks.run_benchmarks", "--config", str(config),
+                       "--out-dir", str(out / entry["folder"]), "--cache-dir", str(work / "bench-cache"), "--quiet",
+                       *(["--backends", "diffusers"] if what == "stock" else ["--resume"])]
+            _progress(f"[{clock.elapsed():5.0f} s] timing: batch {images}, {what} rows (up to {left:.0f} s)",
+                      args.quiet)
+            log = work / f"timing-b{images}-{what}.log"
+            try:
+                with open(log, "w") as handle:
+                    code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
+                                          timeout=left + 10).returncode
+                stage["status"] = "ok" if code == 0 else f"failed: run_benchmarks exited with {code} (log {log})"
+            except subprocess.TimeoutExpired:
+                stage["status"] = f"failed: time guard: killed after {left + 10:.0f} s (rows so far kept; log {log})"
+        entry["status"] = "; ".join(f"{s['rows']}: {s['status']}" for s in entry["stages"])
         table = out / entry["folder"] / "results.json"
         if table.is_file():
             rows = json.loads(table.read_text())["rows"]
@@ -324,9 +338,9 @@ def run_timing(args, device: str, clock: Clock, work: Path, out: Path, save) -> 
                                                      "speedup_vs_full", "per_step_median_ms", "psnr_vs_stock_db",
                                                      "build_s", "warmup_s", "cuda_peak_allocated_bytes")}
                              for r in rows]
-        _progress(f"[{clock.elapsed():5.0f} s]   batch {images}: {entry['status']}", args.quiet)
+        _progress(f"[{clock.elapsed():5.0f} s]   batch {images}, {what}: {stage['status']}", args.quiet)
         save()
-    return results
+    return list(entries.values())
 
 
 # ---- report -----------------------------------------------------------------------------------------------
@@ -387,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", help="exports, caches and logs (default: $DITCACHE_BENCH_CACHE or "
                                        "~/.cache/ditcache/bench, then gpu-check-<device>)")
     parser.add_argument("--backends", nargs="+", help="only the checks of these backends")
-    parser.add_argument("--check-model", help="model of the backend checks (default: dit-s; dry run: dit-tiny)")
+    parser.add_argument("--check-model", default="dit-tiny",
+                        help="model of the backend checks (default: %(default)s: wiring and numerics of every path "
+                             "in seconds; the timing's PSNR vs the stock pipeline checks DiT-XL/2 itself)")
     parser.add_argument("--model", help="model timed (default: dit-xl; dry run: dit-tiny)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps of the timing (default: %(default)s)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="images per call (default: 1 8)")
@@ -420,7 +436,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_phase(phase_check, json.loads(Path(args.job).read_text()), Path(args.result))
     device = "cpu" if args.dry_run else "cuda"
     args.model = args.model or ("dit-tiny" if args.dry_run else "dit-xl")
-    args.check_model = args.check_model or ("dit-tiny" if args.dry_run else "dit-s")
     if not args.dry_run and args.steps not in (20, 50):
         print("gpu_check: error: --steps must be 20 or 50 on the GPU (schedules/dit-xl-delta-<steps>.yaml)",
               file=sys.stderr)
@@ -460,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save()
     _progress(f"gpu_check: wrote {out}/results.md, results.json ({clock.elapsed():.0f} s)", args.quiet)
     bad = [c for c in document["checks"] if c["status"].startswith(("failed", "MISMATCH"))]
-    bad += [t for t in document["timing"] if t["status"].startswith("failed")]
+    bad += [s for t in document["timing"] for s in t["stages"] if s["status"].startswith("failed")]
     return 1 if bad else 0
 
 

@@ -343,18 +343,18 @@ def _ditcache_method(name: str, model: nn.Module, spec, schedule, compiled: bool
 
     plan = plan_for(schedule, spec)
     parts = parts_for(model, spec)
-    if compiled:  # the inductor backend as export-engines runs it by default: one compiled graph per variant
+    if compiled:  # the inductor-jit backend at export-engines' default granularity: one compiled graph per variant
         from ditcache.compiler.backend import BuildSettings, get_backend
         from ditcache.compiler.graph_specs import plan_graphs
 
-        backend, settings = get_backend("inductor"), BuildSettings("fp32", "cpu")
+        backend, settings = get_backend("inductor-jit"), BuildSettings("fp32", "cpu")
         graphs = {g.name: g for g in plan_graphs(parts, plan, "variant", 1, torch.float32)}  # shapes: at 1st call
         flats = {n: backend.load(g, settings, []) for n, g in graphs.items()}
         dispatcher = build_dispatcher(plan, parts=parts, flats=flats, graphs=graphs, granularity="variant")
     else:
         dispatcher = build_dispatcher(plan, parts=parts)
-    notes = ["ditcache's inductor backend at its default variant granularity (torch.compile(fullgraph=True, "
-             "dynamic=False) of each step variant, as export-engines --backend inductor)"] if compiled else []
+    notes = ["ditcache's inductor-jit backend at its default variant granularity (torch.compile(fullgraph=True, "
+             "dynamic=False) of each step variant, as export-engines --backend inductor-jit)"] if compiled else []
     return Method(name, "ditcache", dispatcher, dispatcher.reset, lambda: None, notes=notes)
 
 

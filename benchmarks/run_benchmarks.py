@@ -190,7 +190,7 @@ def run_row(cfg: BenchConfig, row: RowSpec, work: Path, engines: Path, args, pre
             import shutil
 
             shutil.rmtree(job["engines_dir"], ignore_errors=True)
-            if row.backend == "inductor" and not getattr(args, "_inductor_cache_cleared", False):
+            if row.backend in ("inductor", "inductor-jit") and not getattr(args, "_inductor_cache_cleared", False):
                 shutil.rmtree(inductor_cache(work), ignore_errors=True)  # cold compiles, measured
                 args._inductor_cache_cleared = True
         _progress(f"{prefix}   export-engines ({row.backend}, {row.precision}, {row.granularity})", args.quiet)
@@ -244,10 +244,10 @@ def assemble(cfg: BenchConfig, row: RowSpec, numbers: dict[str, Any], measured: 
     if peak and measured.get("weights_bytes"):
         out["rest_bytes"] = peak - measured["weights_bytes"]
     out["notes"].extend(measured.get("notes", []))
-    if row.backend == "inductor":
+    if row.backend == "inductor-jit":
         out["notes"].append("JIT backend: torch.compile runs at the first call of each graph, i.e. in the warm-up "
                             "(warmup_s), not in export (build_s)")
-    if measured.get("reused") and row.backend != "inductor":  # inductor stores nothing to reuse
+    if measured.get("reused") and row.backend != "inductor-jit":  # the JIT stores nothing to reuse
         out["notes"].append(f"{measured['reused']} engine graph(s) reused from an earlier export: build_s is the "
                             f"time recorded when they were built")
     runs = measured["runs_s"]

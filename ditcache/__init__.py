@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it (loaded on first attribute access)
 _LAZY = {
     "apply": "ditcache.plugin",
+    "AdaptiveConfig": "ditcache.graphs.configs",
     "BlockCacheConfig": "ditcache.graphs.configs",
     "DeltaDiTConfig": "ditcache.graphs.configs",
     "FullConfig": "ditcache.graphs.configs",

@@ -3,7 +3,8 @@ with a cached, compiled denoiser."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import contextlib
+import functools
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,20 +16,26 @@ from ditcache.compiler.graph_specs import plan_graphs
 from ditcache.compiler.runtime.build import build_dispatcher
 from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.graphs import parts_for
-from ditcache.graphs.configs import BlockCacheConfig, DeltaDiTConfig, FullConfig, ScheduleConfig
+from ditcache.graphs.configs import AdaptiveConfig, BlockCacheConfig, DeltaDiTConfig, FullConfig, ScheduleConfig
 from ditcache.graphs.dtypes import precision_of
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.planning import plan_for
 from ditcache.graphs.registry import ModelSpec, spec_for_config
 from ditcache.graphs.schedule import Schedule, load_schedule, parse_schedule
 
-CONFIGS_TUPLE = (DeltaDiTConfig, BlockCacheConfig, FullConfig)
+CONFIGS_TUPLE = (DeltaDiTConfig, BlockCacheConfig, FullConfig, AdaptiveConfig)
 
 
 class CachedDenoiser(nn.Module):
     """Stands in for ``pipe.transformer`` (or ``pipe.unet``): same call signature (DiT's class labels, PixArt's or
-    Stable Diffusion's text conditioning),
-    runs the plan's variant for each step."""
+    Stable Diffusion's text conditioning, FLUX's and SD3's pooled embeddings, FLUX.1-dev's guidance), runs the
+    plan's variant for each step.
+
+    Pipelines that call the denoiser twice per step (WanPipeline's conditional and unconditional calls, FluxPipeline
+    with ``true_cfg_scale``) name each call with ``cache_context("cond" | "uncond", step_index=i)``: every name gets
+    its own dispatcher (caches and step counter) over the same stateless graphs, and a call whose ``step_index``
+    is not its dispatcher's step is refused instead of drifting.
+    """
 
     def __init__(self, original: nn.Module, plan: Plan, build, spec: ModelSpec):
         super().__init__()
@@ -36,8 +43,21 @@ class CachedDenoiser(nn.Module):
         self.plan = plan
         self.spec = spec
         self._build = build
-        self._dispatchers: dict[tuple, Dispatcher] = {}
+        self._built: dict[tuple, Dispatcher] = {}  # per input shape: the graphs (a dispatcher over them)
+        self._dispatchers: dict[tuple, Dispatcher] = {}  # per input shape and cache context: caches, step
+        self._context: tuple[str, int | None] | None = None
         self.dispatcher: Dispatcher | None = None
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str, **kwargs: Any):
+        """diffusers' ``CacheMixin.cache_context``: the calls inside belong to branch ``name`` (``step_index``: the
+        pipeline's step, checked against that branch's dispatcher)."""
+        previous = self._context
+        self._context = (name, kwargs.get("step_index"))
+        try:
+            yield
+        finally:
+            self._context = previous
 
     @property
     def config(self):
@@ -56,24 +76,37 @@ class CachedDenoiser(nn.Module):
             dispatcher.reset()
 
     def forward(self, hidden_states, timestep=None, class_labels=None, return_dict: bool = True, *,
-                encoder_hidden_states=None, encoder_attention_mask=None, added_cond_kwargs=None, **_: Any):
+                encoder_hidden_states=None, encoder_attention_mask=None, added_cond_kwargs=None, **kwargs: Any):
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).float()
         timestep = timestep.expand(hidden_states.shape[0])
         inputs = {"x": hidden_states, "timestep": timestep,
                   **self._conditioning(hidden_states, class_labels, encoder_hidden_states, encoder_attention_mask,
-                                       added_cond_kwargs)}
-        key = tuple((k, tuple(v.shape)) for k, v in inputs.items()) + (hidden_states.dtype, hidden_states.device.type)
+                                       added_cond_kwargs, kwargs)}
+        call = {"hidden_states": hidden_states, "encoder_hidden_states": encoder_hidden_states, **kwargs}
+        call_spec = self.spec.family_record.call_spec(self.spec, call)  # the shapes this call's graphs need
+        shapes = tuple((k, tuple(v.shape)) for k, v in inputs.items()) + (
+            hidden_states.dtype, hidden_states.device.type, repr(call_spec))
+        branch, step_index = self._context or (None, None)
+        key = shapes + (branch,)
         if key not in self._dispatchers:
-            self._dispatchers[key] = self._build(inputs)  # one set of graphs per input shape
+            if shapes not in self._built:
+                self._built[shapes] = self._build(inputs, call_spec)  # one set of graphs per input shape
+            built = self._built[shapes]
+            taken = any(d is built for d in self._dispatchers.values())
+            self._dispatchers[key] = built.fresh() if taken else built  # each branch: caches of its own
         self.dispatcher = self._dispatchers[key]
+        if step_index is not None and step_index != self.dispatcher.step:
+            raise RuntimeError(f"the pipeline calls branch {branch!r} at step {step_index}, but that branch's "
+                               f"dispatcher is at step {self.dispatcher.step}: the pipeline skipped or repeated a "
+                               f"call of this branch, which a cached schedule cannot follow")
         out = self.dispatcher(inputs)
         out = out.to(hidden_states.dtype)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
     def _conditioning(self, hidden_states, class_labels, encoder_hidden_states, encoder_attention_mask,
-                      added_cond_kwargs) -> dict[str, torch.Tensor]:
+                      added_cond_kwargs, kwargs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """The pipeline's conditioning arguments as ditcache's named inputs."""
         names = self.spec.conditioning_inputs
         if not self.spec.text_conditioned:
@@ -95,6 +128,11 @@ class CachedDenoiser(nn.Module):
                 if value is None:
                     raise ValueError(f"{self.spec.name} takes micro-conditions: pass added_cond_kwargs[{name!r}]")
                 values[name] = value
+        for name in ("pooled_projections", "guidance"):  # FLUX / SD3; FLUX.1-dev's embedded guidance scale
+            if name in names:
+                if kwargs.get(name) is None:
+                    raise ValueError(f"{self.spec.name} takes {name}: the pipeline must pass it")
+                values[name] = kwargs[name]
         return values
 
 
@@ -107,7 +145,11 @@ class CacheHandle:
         scheduler = pipe.scheduler
         real = scheduler.set_timesteps
 
+        @functools.wraps(real)  # pipelines inspect its parameters (FluxPipeline passes sigmas, mu)
         def set_timesteps(num_inference_steps=None, *args, **kwargs):
+            given = kwargs.get("sigmas") if kwargs.get("sigmas") is not None else kwargs.get("timesteps")
+            if num_inference_steps is None and given is not None:
+                num_inference_steps = len(given)
             if num_inference_steps is not None and num_inference_steps != self.plan.num_steps:
                 raise ValueError(
                     f"ditcache schedule has {self.plan.num_steps} steps but the pipeline was called with "
@@ -148,7 +190,7 @@ def _as_schedule(schedule: "str | Path | Schedule | ScheduleConfig | Mapping[str
     if isinstance(schedule, (str, Path)):
         return load_schedule(schedule)
     raise TypeError(f"schedule must be a schedule.yaml path, a mapping, a Schedule or a config (DeltaDiTConfig, "
-                    f"BlockCacheConfig, FullConfig), got {type(schedule).__name__}")
+                    f"BlockCacheConfig, AdaptiveConfig, FullConfig), got {type(schedule).__name__}")
 
 
 def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = None,
@@ -159,8 +201,8 @@ def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = N
     Args:
         pipe: the pipeline; only ``pipe.transformer`` (``pipe.unet``) is replaced (and ``scheduler.set_timesteps``
             wrapped to reset caches at the start of every run and refuse a step count the schedule was not made for).
-        schedule: a config (:class:`DeltaDiTConfig`, :class:`BlockCacheConfig`, :class:`FullConfig`), a
-            schedule.yaml path, a mapping, or a :class:`Schedule`.
+        schedule: a config (:class:`DeltaDiTConfig`, :class:`BlockCacheConfig`, :class:`AdaptiveConfig`,
+            :class:`FullConfig`), a schedule.yaml path, a mapping, or a :class:`Schedule`.
         backend: ``eager`` or ``inductor-jit`` compile in process from ``pipe.transformer`` (per input shape, on
             first use); ``inductor`` (AOTInductor packages), ``onnxruntime`` and ``tensorrt`` run prebuilt engines:
             pass ``engines``.
@@ -195,11 +237,8 @@ def apply(pipe, schedule, backend: str = "eager", engines: str | Path | None = N
 
     engines_loaded = []  # the directory, loaded once: every input shape gets its own Dispatcher (caches) over it
 
-    def build(inputs: Mapping[str, torch.Tensor]) -> Dispatcher:
-        hidden_states = inputs["x"]
-        call_spec = spec
-        if spec.text_conditioned:  # graphs are built for the token count the pipeline pads to
-            call_spec = replace(spec, text_length=int(inputs["encoder_hidden_states"].shape[1]))
+    def build(inputs: Mapping[str, torch.Tensor], call_spec: ModelSpec) -> Dispatcher:
+        hidden_states = inputs["x"]  # call_spec: the family's spec of this call (text length, latent size)
         if engines is not None:
             from ditcache.export.load import load_engines
 

@@ -45,6 +45,7 @@ class ExportRequest:
     batch_size: int = 1
     guidance: bool = True
     resolution: int | None = None
+    frames: int | None = None  # video models: frames per clip (None: the model's)
     granularity: str | None = None
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
@@ -109,7 +110,7 @@ def graph_program(graph: GraphSpec, plan: Plan) -> dict[str, Any]:
 def export_engines(request: ExportRequest, log: Callable[[str], None] = print, progress: bool = True) -> ExportReport:
     """Build (or reuse), validate and record every graph of the request's plan in ``request.out``."""
     start = time.perf_counter()
-    spec = at_resolution(get_spec(request.model), request.resolution)
+    spec = at_resolution(get_spec(request.model), request.resolution, request.frames)
     if request.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1 (got {request.batch_size})")
     backend = get_backend(request.backend)
@@ -199,7 +200,8 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
         ditcache_version=DITCACHE_VERSION,
         model={"name": spec.name, "config": dict(spec.config), "weights_sha256": weights.sha256,
                "weights_source": weights.source, "weights_format": weights.format, "random_weights": weights.random,
-               "resolution": spec.image_size},
+               "resolution": request.resolution,  # None: the model's own size (Wan's is not square)
+               "frames": request.frames},  # video models; None: the model's own
         schedule=plan.schedule,
         schedule_hash=artifact_key(plan.schedule),
         plan=plan.to_dict(),

@@ -15,6 +15,7 @@ from ditcache.compiler.runtime.dispatcher import Dispatcher
 from ditcache.compiler.shared_weights import WEIGHTS_FOLDER, SharedWeights
 from ditcache.compiler.graph_specs import plan_graphs
 from ditcache.graphs import parts_for
+from ditcache.graphs.adaptive import plan_from_dict
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.planning import plan_for
 from ditcache.graphs.registry import ModelSpec, at_resolution, get_spec
@@ -49,7 +50,7 @@ def check_request(manifest: Manifest, *, schedule: Schedule | None = None, image
     m = manifest
     checks: list[tuple[str, Any, Any, str]] = []
     if schedule is not None:
-        spec = at_resolution(get_spec(m.model["name"]), m.model["resolution"])
+        spec = at_resolution(get_spec(m.model["name"]), m.model["resolution"], m.model.get("frames"))
         asked = json.loads(json.dumps(plan_for(schedule, spec).schedule, sort_keys=True))  # refuses a misfit too
         built = m.schedule
         if asked != built:
@@ -74,7 +75,7 @@ def check_request(manifest: Manifest, *, schedule: Schedule | None = None, image
 
 
 def _check_integrity(directory: Path, manifest: Manifest) -> Plan:
-    plan = Plan.from_dict(manifest.plan)
+    plan = plan_from_dict(manifest.plan)  # a Plan, or an adaptive plan's programs and policy
     if plan.hash() != manifest.plan_hash:
         raise ManifestError(f"{directory}: the manifest's plan does not match its hash (edited?); re-run export-engines")
     for name in {g for graphs in manifest.variants.values() for g in graphs}:
@@ -140,7 +141,7 @@ def load_engines(directory: str | Path, *, weights: str | None = None, device: s
     plan = _check_integrity(directory, manifest)
     if manifest.corrections:  # the plan names the directory's copy of its scale/shift file
         plan = replace(plan, corrections=directory / manifest.corrections["file"])
-    spec = at_resolution(get_spec(manifest.model["name"]), manifest.model["resolution"])
+    spec = at_resolution(get_spec(manifest.model["name"]), manifest.model["resolution"], manifest.model.get("frames"))
     graphs = _graphs_from_manifest(manifest)
     parts = None
     if not backend.writes_artifacts:

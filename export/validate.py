@@ -35,6 +35,8 @@ def fresh_inputs(graph: GraphSpec, seed: int) -> tuple[torch.Tensor, ...]:
     for spec, example in zip(graph.inputs, graph.example_inputs):
         if not example.is_floating_point():
             out.append(example.flatten()[torch.randperm(example.numel(), generator=gen)].reshape(example.shape))
+        elif spec.name == "timestep" and example.abs().max() <= 1:  # FLUX takes t / 1000 (its model multiplies)
+            out.append(torch.rand(example.shape, generator=gen).to(example.dtype).to(example.device))
         elif spec.name == "timestep":
             out.append(torch.randint(0, 1000, example.shape, generator=gen).to(example.dtype).to(example.device))
         elif spec.name.startswith("scale_"):

@@ -42,6 +42,8 @@ class _ScheduleConfig:
                 value = str(value) if relative_to is None else relative_path(value, relative_to)
             elif f.name == "recompute":
                 value = {int(block): [int(s) for s in steps] for block, steps in value.items()}
+            elif isinstance(value, tuple):  # adaptive replay ranges and rescale polynomials: YAML lists
+                value = list(value)
             out[f.name] = value
         return out
 
@@ -140,8 +142,44 @@ class BlockCacheConfig(_ScheduleConfig):
     _paths: ClassVar[tuple[str, ...]] = ("curves", "scale_shift")
 
 
-ScheduleConfig = Union[FullConfig, DeltaDiTConfig, BlockCacheConfig]
-CONFIGS: dict[str, type[_ScheduleConfig]] = {c.kind: c for c in (FullConfig, DeltaDiTConfig, BlockCacheConfig)}
+@dataclass(frozen=True)
+class AdaptiveConfig(_ScheduleConfig):
+    """Adaptive caching (FirstBlockCache / TeaCache style, with whole compiled graphs): every step runs a probe graph;
+    the dispatcher then runs the compute or the replay graph from the probe's signal (docs/adaptive.md).
+
+    Args:
+        steps: sampling steps.
+        threshold: accumulated budget per row; a batch replays while every row's accumulated rescaled signal since
+            the last computed step stays below it (0: never replays, the full run).
+        signal: ``first-block`` (the residual of the blocks before the replayed range) or ``modulated-input``
+            (the replayed range's first block's timestep-modulated input).
+        replay: ``rest`` ([1, Nb) for first-block, [0, Nb) for modulated-input) or a block range ``(start, end)``.
+        warmup, final: first and last steps that always compute.
+        max_consecutive: at most this many replays in a row.
+        rescale: polynomial coefficients, highest power first (``ditcache calibrate --adaptive``).
+        cache: ``offset`` (replay adds the recorded residual) or ``output``.
+    """
+
+    steps: int
+    threshold: float
+    signal: str = "first-block"
+    replay: str | Sequence[int] = "rest"
+    warmup: int = 2
+    final: int = 1
+    max_consecutive: int = 3
+    rescale: Sequence[float] = ()
+    cache: str = "offset"
+    kind: ClassVar[str] = "adaptive"
+
+    @classmethod
+    def from_policy(cls, policy: Any) -> "AdaptiveConfig":
+        """The config of a graphs.adaptive.AdaptivePolicy."""
+        return cls(**{k: v for k, v in policy.to_dict().items()}, steps=policy.steps)
+
+
+ScheduleConfig = Union[FullConfig, DeltaDiTConfig, BlockCacheConfig, AdaptiveConfig]
+CONFIGS: dict[str, type[_ScheduleConfig]] = {c.kind: c for c in (FullConfig, DeltaDiTConfig, BlockCacheConfig,
+                                                                  AdaptiveConfig)}
 
 
 def config_from_file(path: str | Path) -> ScheduleConfig:

@@ -91,6 +91,15 @@ def no_forward_extras(spec: ModelSpec) -> dict[str, Any]:
     return {}
 
 
+def text_length_of_call(spec: ModelSpec, call: Mapping[str, Any]) -> ModelSpec:
+    """The spec of one stock-pipeline call of the denoiser (diffusers' argument names in ``call``): text models
+    get graphs for the token count the pipeline padded its prompts to; nothing else changes."""
+    states = call.get("encoder_hidden_states")
+    if not spec.text_conditioned or states is None:
+        return spec
+    return replace(spec, text_length=int(states.shape[1]))
+
+
 @dataclass(frozen=True)
 class Family:
     """Everything ditcache knows about one model family.
@@ -120,6 +129,9 @@ class Family:
         forward_extras: ``forward_extras(spec)``: keyword arguments the diffusers model's forward needs besides
             ``hidden_states``, ``timestep`` and the conditioning inputs (FLUX: ``txt_ids`` / ``img_ids``, the
             token positions its head builds itself), for running the unmodified model (calibration, references).
+        call_spec: ``call_spec(spec, call)``: the spec one call of the denoiser by the family's stock pipeline
+            describes (``call``: the keyword arguments under diffusers' names): its text length, and for the flow
+            families the latent size, so that ``ditcache.apply`` builds graphs of the shapes the pipeline uses.
     """
 
     name: str
@@ -139,6 +151,7 @@ class Family:
     guidance_scale: float = 4.0
     resize: Callable[[ModelSpec, int | None, int | None], ModelSpec] = resize_sample_size
     forward_extras: Callable[[ModelSpec], dict[str, Any]] = no_forward_extras
+    call_spec: Callable[[ModelSpec, Mapping[str, Any]], ModelSpec] = text_length_of_call
 
     def build_model(self, config: Config) -> nn.Module:
         """An eval-mode diffusers model of ``config`` with freshly initialised weights."""

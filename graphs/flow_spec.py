@@ -107,6 +107,17 @@ def resize_latents(spec: ModelSpec, side: int | None, latent_frames: int | None 
     return spec if tuple(shape) == tuple(spec.latent_shape) else replace(spec, latent_shape=tuple(shape))
 
 
+def unpacked_call_spec(spec: ModelSpec, call: Mapping[str, Any]) -> FlowModelSpec:
+    """The spec of one SD3 / Wan pipeline call: latents (B, C, H, W) or (B, C, F, H, W) as they come, the text
+    length the prompts were padded to."""
+    latent = tuple(int(s) for s in call["hidden_states"].shape[1:])
+    states = call.get("encoder_hidden_states")
+    length = spec.text_length if states is None else int(states.shape[1])
+    if latent == tuple(spec.latent_shape) and length == spec.text_length:
+        return spec
+    return replace(spec, latent_shape=latent, text_length=length)
+
+
 def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
                     max_shift: float = 1.15) -> float:
     """The dynamic shift ``mu`` of resolution-dependent timestep shifting: linear in the image token count from

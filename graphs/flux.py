@@ -22,6 +22,7 @@ output, packed as the pipeline steps it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
@@ -339,6 +340,25 @@ def _forward_extras(spec: ModelSpec) -> dict[str, Any]:
     return {"txt_ids": positions[:int(spec.text_length)], "img_ids": positions[int(spec.text_length):]}
 
 
+def _call_spec(spec: ModelSpec, call: Mapping[str, Any]) -> FlowModelSpec:
+    """The spec of one FluxPipeline call: the latent size from ``img_ids`` (packed tokens do not tell height from
+    width; the last token sits at (0, rows - 1, columns - 1)), the text length from the prompt embeddings."""
+    tokens = call["hidden_states"]  # (B, T, 4C)
+    ids = call.get("img_ids")
+    if ids is None:
+        raise ValueError("FluxTransformer2DModel is called with img_ids (the packed tokens' positions); pass them")
+    ids = ids[0] if ids.ndim == 3 else ids  # (T, 3): older pipelines passed a batch of them
+    rows, cols = (int(v) + 1 for v in ids[-1, 1:].tolist())
+    if rows * cols != tokens.shape[1]:
+        raise ValueError(f"img_ids ({tuple(ids.shape)}, last {ids[-1].tolist()}) do not lay out the {tokens.shape[1]} "
+                         f"packed tokens row by row, as FluxPipeline makes them")
+    latent = (int(tokens.shape[2]) // 4, 2 * rows, 2 * cols)
+    length = int(call["encoder_hidden_states"].shape[1])
+    if latent == tuple(spec.latent_shape) and length == spec.text_length:
+        return spec
+    return replace(spec, latent_shape=latent, text_length=length)
+
+
 def _stock_inputs(spec: ModelSpec, class_labels: tuple[int, ...], prompts: Any, guidance: float) -> dict[str, Any]:
     """Prompt and pooled embeddings in, packed latents out (FluxPipeline embeds the guidance scale itself)."""
     if prompts is None or getattr(prompts, "pooled", None) is None:
@@ -374,4 +394,5 @@ FAMILY = Family(
     guidance_scale=3.5,
     resize=resize_latents,
     forward_extras=_forward_extras,
+    call_spec=_call_spec,
 )

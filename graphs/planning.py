@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .adaptive import AdaptivePlan, adaptive_plan
 from .macs import SegmentCosts
 from .plan import Plan
 from .registry import ModelSpec
@@ -13,8 +14,9 @@ from .schedule_rules import block_cache_replays, block_ranges, delta_dit_ranges,
 
 
 def plan_for(schedule: Schedule, spec: ModelSpec, *, sampler: str | None = None,
-             guidance: float | None = None) -> Plan:
-    """The schedule's plan on ``spec`` (a Δ-DiT target speedup is solved with the analytic MACs of one image).
+             guidance: float | None = None) -> "Plan | AdaptivePlan":
+    """The schedule's plan on ``spec`` (a Δ-DiT target speedup is solved with the analytic MACs of one image; an
+    adaptive schedule gives a graphs.adaptive.AdaptivePlan, whose replays are decided at run time).
 
     Args:
         schedule: from load_schedule / parse_schedule / a config's ``to_schedule()``.
@@ -33,6 +35,8 @@ def plan_for(schedule: Schedule, spec: ModelSpec, *, sampler: str | None = None,
         if problem:
             raise ScheduleError(f"{schedule.source}: {problem}")
     num_blocks = spec.num_blocks
+    if schedule.kind == "adaptive":  # variants fixed, the choice left to the run (graphs.adaptive)
+        return adaptive_plan(schedule, spec)
     if schedule.kind == "full":
         plan = Plan.from_replays(num_blocks, (), [set()] * schedule.steps, schedule=schedule.to_dict())
     elif schedule.kind == "delta-dit":

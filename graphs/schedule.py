@@ -54,7 +54,7 @@ class Schedule:
     graphs.configs; plan it with :func:`ditcache.graphs.planning.plan_for`.
 
     Args:
-        kind: ``full``, ``delta-dit`` or ``block-cache``.
+        kind: ``full``, ``delta-dit``, ``block-cache`` or ``adaptive``.
         steps: number of sampling steps the schedule is made for.
         params: the kind's normalized parameters (curves already applied, files named by sha256); read them
             through the typed properties.

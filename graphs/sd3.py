@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .family import Family, StockPipeline, WeightFormat, names_class
-from .flow_spec import FlowModelSpec, FlowSampling, resize_latents
+from .flow_spec import FlowModelSpec, FlowSampling, resize_latents, unpacked_call_spec
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
 from .segments import Segment, block_name, check_block_range
@@ -345,4 +345,5 @@ FAMILY = Family(
     sampler="flow-euler",
     guidance_scale=7.0,
     resize=_resize,
+    call_spec=unpacked_call_spec,
 )

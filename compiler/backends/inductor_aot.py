@@ -88,7 +88,10 @@ class InductorAOTBackend:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         device = torch.device(settings.device)
-        example = tuple(x.to(device) for x in graph.example_inputs)
+        # contiguous examples: the package is compiled for its examples' strides and checks none at run time (a
+        # transposed example, e.g. a patch embedding's output, would make contiguous inputs read garbage); the
+        # runner hands it contiguous inputs
+        example = tuple(x.to(device).contiguous() for x in graph.example_inputs)
         with torch.no_grad(), _quiet():
             try:
                 program = torch.export.export(graph.module, example, strict=False)

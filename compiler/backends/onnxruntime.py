@@ -190,7 +190,7 @@ class OnnxRuntimeBackend:
         provider = provider_key(settings)
         model: str | bytes = str(path)
         held: list[Any] = []
-        shared = _shared_initializers(path)
+        shared = _shared_initializers(path, settings.precision)
         if shared:
             if weights is None or weights.folder is None:
                 raise ValueError(f"{graph.name}: {path} keeps its weights in the engine directory's weights folder; "
@@ -404,16 +404,19 @@ def share_initializers(path: Path, graph: str, weights: SharedWeights) -> None:
     onnx.save(model, str(path))
 
 
-def _shared_initializers(path: Path) -> list[tuple[str, str, int, tuple[int, ...]]]:
-    """(name, shared file, ONNX element type, dims) of every initializer of ``path`` kept in a shared file."""
+def _shared_initializers(path: Path, precision: str) -> list[tuple[str, str, int, tuple[int, ...]]]:
+    """(name, shared file, ONNX element type, dims) of every initializer of ``path`` kept in the directory's shared
+    files (not those in an external data file of its own, beside it)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
+    prefix = f"{shared_folder(precision)}/"
     out = []
     for init in model.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in init.external_data}
-            out.append((init.name, info.get("location", ""), init.data_type, tuple(init.dims)))
+            location = {e.key: e.value for e in init.external_data}.get("location", "")
+            if location.startswith(prefix):
+                out.append((init.name, location, init.data_type, tuple(init.dims)))
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from ditcache.graphs.adaptive import AdaptivePlan, is_adaptive
 from ditcache.graphs.corrections import load_corrections, range_channel_shapes
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.segments import DenoiserParts, Segment
@@ -17,6 +18,7 @@ from ditcache.graphs.variants import build_segments
 from ditcache.compiler.backend import GRANULARITIES, FlatFn, GraphSpec
 from ditcache.compiler.runtime.adapters import segment_fns, variant_fn
 from ditcache.compiler.runtime.chunking import chunked
+from ditcache.compiler.runtime.decider import AdaptiveDispatcher, compiled_adaptive_dispatcher, eager_adaptive_dispatcher
 from ditcache.compiler.runtime.dispatcher import Dispatcher, VariantFn
 from ditcache.compiler.runtime.interpreter import eager_variants, segment_variant_fn
 
@@ -36,15 +38,15 @@ def build_dispatcher(
     trainable: bool = False,
     sync: Callable[[], None] | None = None,
     batch: int | None = None,
-) -> Dispatcher:
-    """A Dispatcher running ``plan``.
+) -> Dispatcher | AdaptiveDispatcher:
+    """A Dispatcher running ``plan`` (an AdaptiveDispatcher for an adaptive plan: compiler.runtime.decider).
 
     Args:
         plan: from graphs.planning.plan_for (or an engine directory's manifest).
         parts: the model's decomposition: eager variants when no ``flats`` are given; the segments of segment
             granularity and the channel shapes of the corrections otherwise.
-        flats, graphs: loaded compiled callables and their GraphSpecs, keyed by graph name (``variant.<name>``
-            or ``segment.<name>``).
+        flats, graphs: loaded compiled callables and their GraphSpecs, keyed by graph name (``variant.<name>``,
+            ``segment.<name>``, or an adaptive plan's ``adaptive.<program>``).
         granularity: ``variant`` (one graph per variant) or ``segment`` (graphs chained on the host).
         segments: what the host chains at segment granularity when there are no ``parts`` (an engine
             directory's segment records).
@@ -57,6 +59,8 @@ def build_dispatcher(
         batch: the loaded graphs' model batch (static shapes): a call of another batch runs in chunks of it
             (compiler.runtime.chunking), so no request is refused for its size.
     """
+    if is_adaptive(plan):  # the three programs; the decisions live in the AdaptiveDispatcher
+        return _adaptive_dispatcher(plan, parts, flats, graphs, granularity, on_replay, trainable, sync, batch)
     if flats is None:
         if parts is None:
             raise ValueError("build_dispatcher needs the model's parts (eager) or loaded graphs (flats and graphs)")
@@ -69,6 +73,19 @@ def build_dispatcher(
         if batch is not None:
             variants = {name: chunked(fn, batch) for name, fn in variants.items()}
     return Dispatcher(plan, variants, _corrections(plan, parts, corrections), sync)
+
+
+def _adaptive_dispatcher(plan: AdaptivePlan, parts, flats, graphs, granularity: str, on_replay, trainable: bool,
+                         sync, batch: int | None) -> AdaptiveDispatcher:
+    if on_replay is not None or trainable:
+        raise ValueError("adaptive schedules replay no corrections: on_replay and trainable do not apply")
+    if granularity != "variant":
+        raise ValueError(f"kind adaptive runs whole program graphs (variant granularity), not {granularity!r}")
+    if flats is None:
+        if parts is None:
+            raise ValueError("build_dispatcher needs the model's parts (eager) or loaded graphs (flats and graphs)")
+        return eager_adaptive_dispatcher(parts, plan, sync)
+    return compiled_adaptive_dispatcher(plan, flats, graphs or {}, batch, sync)
 
 
 def compiled_variants(plan: Plan, flats: Mapping[str, FlatFn], graphs: Mapping[str, GraphSpec], granularity: str,

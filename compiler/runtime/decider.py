@@ -106,7 +106,7 @@ class AdaptiveDispatcher:
             raise ValueError(f"no callable for adaptive program(s) {missing}; the backend built {sorted(programs)}")
         self.plan = plan
         self.programs = dict(programs)
-        self.variants = self.programs  # what a shape-specific copy shares (see :meth:`fresh`)
+        self.variants = self.programs  # the loaded callables by name, as a Dispatcher's (benchmarks list them)
         self.probe_shape = probe_shape
         self.sync = sync
         self.timing = False

@@ -36,9 +36,8 @@ def add_auto_schedule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", default="block-cache", choices=("block-cache", "adaptive"),
                    help="block-cache (from --curves) or adaptive (from --calibration; --target-speedup runs the "
                         "eager dispatcher on the calibration's seeds)")
-    p.add_argument("--calibration", help="adaptive: file from `ditcache calibrate --adaptive SIGNAL`")
-    p.add_argument("--weights", help="adaptive --target-speedup: the calibrated model's weights")
-    p.add_argument("--random-weights", action="store_true", help="adaptive --target-speedup: random weights (tests)")
+    p.add_argument("--calibration", help="adaptive: file from `ditcache calibrate --adaptive SIGNAL` (--target-speedup "
+                                          "runs the model of --weights / --random-weights on its seeds)")
     p.add_argument("--warmup", type=int, default=2, help="adaptive: first steps always computed (default 2)")
     p.add_argument("--final", type=int, default=1, help="adaptive: last steps always computed (default 1)")
     p.add_argument("--max-consecutive", type=int, default=3, help="adaptive: replays in a row at most (default 3)")
@@ -49,11 +48,14 @@ def cmd_calibrate_adaptive(args: argparse.Namespace) -> int:
     from ditcache.compiler.calibration.adaptive import measure_adaptive
     from ditcache.compiler.runtime.sampling import SampleRequest
 
-    from .inputs import load
+    from .inputs import load, prompts
 
     spec, model, info = load(args)
-    classes = tuple(args.classes if args.classes is not None else range(min(10, spec.num_classes)))
-    requests = [SampleRequest(classes, args.steps, args.guidance, s, args.scheduler) for s in args.seeds]
+    embeddings = prompts(args, spec)  # text models: the prompts, else None
+    classes = () if embeddings is not None else tuple(
+        args.classes if args.classes is not None else range(min(10, spec.num_classes)))
+    requests = [SampleRequest(classes, args.steps, args.guidance, s, args.scheduler, prompts=embeddings)
+                for s in args.seeds]
     curves = measure_adaptive(model, spec, requests, args.adaptive, args.replay, args.degree, info.sha256,
                               progress=not args.quiet)
     out = Path(args.out)
@@ -73,6 +75,9 @@ def cmd_auto_schedule_adaptive(args: argparse.Namespace) -> int:
     from ditcache.graphs.planning import plan_for
     from ditcache.graphs.registry import get_spec
 
+    if getattr(args, "objective", "change-curves") != "change-curves" or args.curves is not None:
+        raise ValueError("--kind adaptive takes --calibration (from `ditcache calibrate --adaptive SIGNAL`), not "
+                         "--objective error or --curves")
     if (args.threshold is None) == (args.target_speedup is None):
         raise ValueError("give exactly one of --threshold and --target-speedup")
     if not args.calibration:
@@ -93,9 +98,6 @@ def cmd_auto_schedule_adaptive(args: argparse.Namespace) -> int:
         from ditcache.compiler.runtime.sampling import SampleRequest
         from ditcache.graphs.weights import load_model
 
-        if not args.weights and not args.random_weights:
-            raise ValueError("--target-speedup runs the model on the calibration seeds: give --weights (the "
-                             "calibrated model's) or --random-weights")
         model, info = load_model(spec, args.weights, args.random_weights)
         if meta.get("weights_sha256") and info.sha256 != meta["weights_sha256"]:
             raise ValueError(f"the weights {info.source} are not the ones {args.calibration} was measured with "

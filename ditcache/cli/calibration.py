@@ -7,6 +7,9 @@ from pathlib import Path
 
 from .arguments import (add_model_args, add_sampling_args, add_text_args, check_output_file, existing_file,
                         guidance_scale, nonnegative_int, number_at_least, output_file, positive_int, seed)
+from .adaptive import add_auto_schedule_args as add_auto_schedule_adaptive_args
+from .adaptive import add_calibrate_args as add_calibrate_adaptive_args
+from .adaptive import cmd_auto_schedule_adaptive, cmd_calibrate_adaptive
 from .inputs import load, prompts, sampling_defaults
 
 
@@ -14,6 +17,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ditcache.compiler.calibration.curves import calibrate, plot_curves, save_curves
     from ditcache.compiler.runtime.sampling import SampleRequest
 
+    if args.adaptive:  # the adaptive kind's probe/output curves and rescale polynomial (cli/adaptive.py)
+        return cmd_calibrate_adaptive(args)
     spec, model, info = load(args)
     embeddings = prompts(args, spec)  # text models: the prompts, else None
     classes = () if embeddings is not None else tuple(
@@ -44,6 +49,8 @@ def cmd_auto_schedule(args: argparse.Namespace) -> int:
     from ditcache.graphs.planning import plan_for
     from ditcache.graphs.registry import get_spec
 
+    if getattr(args, "kind", "block-cache") == "adaptive":  # cli/adaptive.py
+        return cmd_auto_schedule_adaptive(args)
     if getattr(args, "objective", "change-curves") == "error":
         return cmd_auto_schedule_error(args)
     if args.curves is None:
@@ -201,6 +208,7 @@ def register(sub, epilog: str) -> None:
     p.add_argument("--out", type=output_file, default="curves.json", help="curves file (default: %(default)s)")
     p.add_argument("--plot", type=output_file, help="PNG with the heatmap and per-block curves")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_calibrate_adaptive_args(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("auto-schedule", help="block-cache schedule.yaml from curves and a threshold or target",
@@ -240,6 +248,8 @@ def register(sub, epilog: str) -> None:
     error.add_argument("--beam-width", type=positive_int,
                        help="beam search of this width instead of the (lazy) greedy search (default: 1, greedy)")
     error.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_auto_schedule_adaptive_args(p.add_argument_group("--kind adaptive", "a schedule decided at run time "
+                                                         "(docs/adaptive.md)"))
     p.set_defaults(func=cmd_auto_schedule)
 
     p = sub.add_parser("fit-correction", help="fit block caching's per-channel scale/shift (closed form or trained)",

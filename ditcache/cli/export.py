@@ -38,7 +38,7 @@ def cmd_export_engines(args: argparse.Namespace) -> int:
     request = ExportRequest(
         model=args.model, schedule=args.schedule, out=args.out, backend=args.backend, weights=args.weights,
         random_weights=args.random_weights, precision=args.precision, batch_size=args.batch_size,
-        guidance=export_guidance(args), resolution=args.resolution, granularity=args.granularity,
+        guidance=export_guidance(args), resolution=args.resolution, frames=args.frames, granularity=args.granularity,
         device=args.device, options=options(args.option), validate=not args.no_validate,
     )
     report = export_engines(request, log=lambda m: print(m, file=sys.stderr), progress=not args.quiet)
@@ -70,6 +70,8 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-batch", action="store_true",
                    help="export for classifier-free guidance even where the model's default sampling has none")
     p.add_argument("--resolution", type=positive_int, help="image resolution in pixels (default: the model's)")
+    p.add_argument("--frames", type=positive_int, help="video models (Wan): frames per clip, 4k + 1 (default: the "
+                                                        "model's)")
     p.add_argument("--granularity", choices=GRANULARITIES,
                    help="one graph per variant, or per segment shared by all variants (default: segment for "
                         "tensorrt, variant otherwise)")

@@ -49,10 +49,7 @@ def load_runner(cfg: GenerateConfig, job: Dist) -> Runner:
         from ditcache.export.manifest import Manifest
 
         manifest = Manifest.read(Path(cfg.engines))
-        batch = manifest.batch["images"]
-        if cfg.chunk_size is not None and cfg.chunk_size != batch:
-            raise ValueError(f"the engines in {cfg.engines} sample {batch} images per call; use --chunk-size {batch} "
-                             f"(or export with --batch-size {cfg.chunk_size})")
+        batch = cfg.chunk_size or manifest.batch["images"]  # any chunk: the dispatcher runs it in the engines' batch
         from ditcache.graphs.registry import get_spec
 
         check: dict[str, Any] = {"images": batch, "guidance": get_spec(manifest.model["name"]).cfg_batch(cfg.guidance)}
@@ -67,7 +64,7 @@ def load_runner(cfg: GenerateConfig, job: Dist) -> Runner:
         identity = {"runner": "engines", "backend": m.backend["name"], "settings": m.backend["settings"],
                     "granularity": m.granularity, "weights_sha256": m.model["weights_sha256"],
                     "plan_hash": loaded.plan.hash()}
-        return Runner(loaded.spec, loaded.dispatcher, loaded.plan.num_steps, batch, True, identity, warnings)
+        return Runner(loaded.spec, loaded.dispatcher, loaded.plan.num_steps, batch, False, identity, warnings)
 
     from ditcache.graphs.registry import get_spec
     from ditcache.graphs.weights import load_model

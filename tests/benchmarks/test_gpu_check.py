@@ -46,7 +46,8 @@ def test_time_guard_skips_what_does_not_fit(tmp_path):
     assert all(c["status"].startswith("skipped: time guard (") and "checks' 14 s" in c["status"]
                for c in document["checks"])
     assert [t["images"] for t in document["timing"]] == [1, 8]
-    assert all(t["status"].startswith("skipped: time guard (") for t in document["timing"])
+    assert [[s["rows"] for s in t["stages"]] for t in document["timing"]] == [["stock", "compiled"]] * 2
+    assert all(s["status"].startswith("skipped: time guard (") for t in document["timing"] for s in t["stages"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without CUDA")
@@ -104,7 +105,7 @@ def test_dry_run_everything(tmp_path):
     assert ort["status"] == "ok" and ort["options"] == {} and ort["export_s"] > 0
     assert [t["images"] for t in document["timing"]] == [1, 2]
     for timing in document["timing"]:
-        assert timing["status"] == "ok"
+        assert timing["status"] == "stock: ok; compiled: ok"
         rows = {r["id"]: r for r in timing["rows"]}
         assert set(rows) == {"diffusers/fp16/full-6", "eager/bf16/full-6", "eager/bf16/delta-6"}
         assert all(r["status"] == "ok" and r["latency_median_s"] > 0 for r in rows.values())

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ditcache.benchmarks.bench_config import ConfigError, build_rows, load_config, parse_config
 from ditcache.benchmarks.run_benchmarks import main
@@ -36,13 +37,16 @@ def test_tiny_flow_rows(tmp_path, family, model_batch):
     assert delta["theoretical_speedup"] > 1 and math.isfinite(delta["psnr_vs_full_db"]) and delta["cosine_vs_full"] < 1
 
 
-def test_cpu_flow_configs_resize_and_refuse_frames_on_compiled_rows(tmp_path):
+def test_cpu_flow_configs_resize_and_check_frames(tmp_path):
     wan = build_rows(load_config(CONFIGS / "cpu-wan.yaml"))
     assert all(r.resolution == 128 and r.frames == 9 for r in wan)
     flux = load_config(CONFIGS / "cpu-flux.yaml")
     assert flux.model_batch == 1  # embedded guidance
     text = (CONFIGS / "cpu-wan.yaml").read_text()
-    with pytest.raises(ConfigError, match="'frames' applies to stock and eager rows only"):
-        parse_config(text.replace("backends: [eager]", "backends: [eager, inductor]"), "x.yaml")
+    compiled = build_rows(parse_config(yaml.safe_load(text.replace("backends: [eager]", "backends: [eager, inductor]")),
+                                       "x.yaml"))
+    assert {r.backend for r in compiled} == {"diffusers", "eager", "inductor"} and all(r.frames == 9 for r in compiled)
     with pytest.raises(ConfigError, match="4k \\+ 1 frames"):
-        parse_config(text.replace("frames: 9", "frames: 8"), "x.yaml")
+        parse_config(yaml.safe_load(text.replace("frames: 9", "frames: 8")), "x.yaml")
+    with pytest.raises(ConfigError, match="no frame count"):
+        parse_config(yaml.safe_load((CONFIGS / "cpu-sd3.yaml").read_text() + "frames: 5\n"), "x.yaml")

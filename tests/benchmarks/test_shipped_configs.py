@@ -12,8 +12,10 @@ from ditcache.benchmarks.bench_config import build_rows, load_config
 from ditcache.benchmarks.run_benchmarks import plan_numbers
 
 ROOT = Path(__file__).resolve().parents[2]
-# peers-*.yaml are compare_peers configs (another format, tested in test_peers.py)
-CONFIGS = sorted(p for p in (ROOT / "benchmarks" / "configs").glob("*.yaml") if not p.name.startswith("peers-"))
+# peers-*.yaml are compare_peers configs, engines-*.yaml engines_bench configs (other formats, tested in
+# test_peers.py and test_engines_bench.py)
+CONFIGS = sorted(p for p in (ROOT / "benchmarks" / "configs").glob("*.yaml")
+                 if not p.name.startswith(("peers-", "engines-")))
 
 
 def _saved_rows(name: str) -> dict[str, dict]:

@@ -102,7 +102,8 @@ def test_step_error_is_the_dispatchers_error_at_that_step(tiny):
 
     dispatcher.reset()
     sample(recording, spec, request)
-    mse = (outputs[2] - objective.reference.outputs[2]).pow(2).mean().item()
+    c = spec.in_channels  # learned-sigma channels are not sampled from: the objective leaves them out
+    mse = (outputs[2][:, :c] - objective.reference.outputs[2][:, :c]).pow(2).mean().item()
     assert mse > 0  # the replay really changes the output
     assert objective.step_error(2, (("b1", 1),)) == pytest.approx(mse, rel=1e-4)
     assert all(g > 0 for g in objective.gains)
@@ -169,7 +170,7 @@ def test_lazy_greedy_is_greedy_and_wide_beam_is_exhaustive_on_a_synthetic_object
 def test_unreachable_budgets_and_bad_budgets_are_refused():
     space = SearchSpace(2, 3, block_units(2))
     costs = SegmentCosts(10, (5, 5), 10)
-    with pytest.raises(ValueError, match=r"out of reach for 3 steps: .* gives 1\.20x; lower the target"):
+    with pytest.raises(ValueError, match=r"out of reach for 3 steps: .* gives 1\.286x; lower the target"):
         check_reachable(space, costs, MacBudget.of(2.0))
     with pytest.raises(ValueError, match="exactly one of --target-speedup and --mac-fraction"):
         MacBudget.of(2.0, 0.5)

@@ -80,8 +80,9 @@ def test_exported_engines_sample_like_the_eager_runtime(tmp_path, tiny, correcte
     assert (got - full).abs().max() > 1e-3, "the cached run must differ from the full one"
 
 
+@pytest.mark.slow
 def test_inductor_unet(tmp_path, tiny):
-    """The one inductor run (compiles are slow on 2 cores): two variant graphs of unet-tiny."""
+    """The one inductor run (AOTInductor packages; compiles are slow on 2 cores): two variant graphs of unet-tiny."""
     spec, model = tiny
     schedule = tmp_path / "bc.yaml"
     schedule.write_text("kind: block-cache\nsteps: 3\nrecompute: {1: [0]}\n")
