@@ -65,6 +65,9 @@ class InductorJITBackend:
 
         @torch.no_grad()
         def run(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            # one layout for every call: dynamo guards on strides, and the runner hands over expanded (stride-0)
+            # timesteps unchunked but gathered copies when it runs a request in chunks (a recompile per graph)
+            xs = tuple(x.contiguous() for x in xs)
             if cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
                 return tuple(o.clone() for o in compiled(*xs))

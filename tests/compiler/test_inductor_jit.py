@@ -56,3 +56,26 @@ def test_inductor_jit_options_are_checked():
     assert "cuda" in backend.unavailable_reason(BuildSettings(options={"cuda_graphs": True}))
     assert "unknown inductor-jit option" in backend.unavailable_reason(BuildSettings(options={"fast": 1}))
     assert backend.unavailable_reason(BuildSettings()) is None
+
+
+def test_inputs_of_another_layout_do_not_recompile():
+    """A stride-0 (expanded) input, then a contiguous one of the same shape: one graph, no recompile (the runner
+    hands over both kinds when it runs a request in chunks)."""
+    from torch._dynamo.utils import counters
+
+    from ditcache.compiler.backend import BuildSettings, GraphSpec, TensorSpec, get_backend
+
+    class Scale(torch.nn.Module):
+        def forward(self, x, t):  # (B, 4), (B,)
+            return (x * t[:, None],)
+
+    graph = GraphSpec("probe", Scale(), (TensorSpec("x", (3, 4), "float32"), TensorSpec("t", (3,), "float32")),
+                      (TensorSpec("y", (3, 4), "float32"),))
+    run = get_backend("inductor-jit").load(graph, BuildSettings(), [])
+    x = torch.randn(3, 4)
+    torch._dynamo.reset()
+    counters.clear()
+    expanded = torch.tensor(2.0).expand(3)  # stride (0,)
+    torch.testing.assert_close(run(x, expanded)[0], x * 2)
+    torch.testing.assert_close(run(x, torch.full((3,), 3.0))[0], x * 3)
+    assert counters["stats"]["unique_graphs"] == 1
