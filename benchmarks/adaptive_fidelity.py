@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -116,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                              "threshold": threshold, "speedup": costs.full * steps * len(speedups) / spent,
                              "speedup_min": min(speedups), "speedup_max": max(speedups),
                              "psnr_mean_db": float(values.mean()), "psnr_p10_db": float(np.percentile(values, 10))})
-    result = {"model": spec.name, "weights_sha256": info.sha256, "random_weights": info.random, "steps": steps, "guidance": GUIDANCE,
+    result = {"model": spec.name, "weights_sha256": info.sha256, "random_weights": info.random, "steps": steps,
+              "guidance": GUIDANCE,
               "sampler": SAMPLER, "images": args.images, "calibration": "classes 0..9 x seeds 0, 1",
               "max_consecutive": args.max_consecutive, "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "seconds": time.perf_counter() - start, "rows": rows}

@@ -25,7 +25,6 @@ Example (the saved results):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -44,7 +43,7 @@ from ditcache.compiler.runtime.runner import sample_with_plan
 from ditcache.compiler.runtime.sampling import SampleRequest
 from ditcache.compiler.runtime.seeds import sample_seeds
 from ditcache.graphs import costs_for, parts_for
-from ditcache.graphs.auto_schedule import MacBudget, SearchSpace, block_units, prefix_meeting, threshold_for_target
+from ditcache.graphs.auto_schedule import MacBudget, SearchSpace, prefix_meeting, threshold_for_target
 from ditcache.graphs.configs import BlockCacheConfig
 from ditcache.graphs.curves import ChangeCurves
 from ditcache.graphs.planning import plan_for
@@ -100,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     model, info = load_model(spec, None, False)
     model.eval()
     parts, costs = parts_for(model, spec), costs_for(spec)
+    calibration_seeds = sample_seeds(args.calibration_seed, range(args.calibration_images))
     calibration = SampleRequest(tuple(i % 10 for i in range(args.calibration_images)), args.steps, args.guidance, 0,
-                                "ddim", sample_seeds=sample_seeds(args.calibration_seed, range(args.calibration_images)))
+                                "ddim", sample_seeds=calibration_seeds)
     evaluation = SampleRequest(tuple(i % 10 for i in range(args.n)), args.steps, args.guidance, 0, "ddim",
                                sample_seeds=sample_seeds(0, range(args.n)))
     budgets = [MacBudget.of(b) for b in sorted(args.budgets)]
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     found = error_driven_schedule(parts, spec, calibration, budgets[-1], progress=False)
     search_s = time.perf_counter() - t0
     space = found.space
-    print(f"  {len(found.result.moves)} moves, {found.result.evaluations} objective calls, {search_s:.0f} s", flush=True)
+    print(f"  {len(found.result.moves)} moves, {found.result.evaluations} objective calls, {search_s:.0f} s",
+          flush=True)
     objective = found.objective  # the search's own objective (memoised), to score every schedule
     curves_own = calibrate(model, spec, [calibration], info.sha256)
     curves_shipped = ChangeCurves.load(SHIPPED_CURVES)

@@ -84,7 +84,8 @@ class ExportReport:
         shared = "" if m.weights is None else f" + {m.weights.bytes / 2**20:.1f} MiB of weights, stored once"
         lines.append(
             f"{len(m.variants)} variants, {len(m.artifacts)} graphs ({m.granularity} granularity), "
-            f"{total / 2**20:.1f} MiB on disk{shared}, backend {m.backend['name']} {m.backend['settings']['precision']}, "
+            f"{total / 2**20:.1f} MiB on disk{shared}, "
+            f"backend {m.backend['name']} {m.backend['settings']['precision']}, "
             f"model batch {m.batch['model_batch']}; {len(self.rebuilt)} built, "
             f"{len(self.graphs) - len(self.rebuilt)} reused, {self.seconds:.1f} s"
         )

@@ -166,7 +166,8 @@ class SearchResult:
     order: tuple[Move, ...] = ()
 
 
-def prefix_meeting(space: SearchSpace, costs: SegmentCosts, order: Sequence[Move], budget: MacBudget) -> frozenset[Move]:
+def prefix_meeting(space: SearchSpace, costs: SegmentCosts, order: Sequence[Move],
+                   budget: MacBudget) -> frozenset[Move]:
     """The shortest prefix of ``order`` that meets ``budget`` (ValueError when the whole order does not)."""
     for n in range(len(order) + 1):
         if budget.met(space.total_macs(order[:n], costs), costs, space.steps):

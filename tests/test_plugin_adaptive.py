@@ -118,3 +118,14 @@ def test_apply_adaptive_from_an_engine_directory(pipe, tiny_model, tmp_path):
         got = run(pipe)
         assert [d.program for d in handle.denoiser.dispatcher.decisions] == programs
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_apply_adaptive_with_inductor_jit(pipe, tiny_model):
+    """In process, compiled on first use: the same decisions and images as the reference loop."""
+    want, programs = reference_images(pipe, tiny_model)
+    with ditcache.apply(pipe, ADAPTIVE, backend="inductor-jit") as handle:
+        got = run(pipe)
+        assert [d.program for d in handle.denoiser.dispatcher.decisions] == programs
+        assert sorted(handle.denoiser.dispatcher.programs) == ["compute", "probe", "replay"]
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)

@@ -190,7 +190,11 @@ class OnnxRuntimeBackend:
         provider = provider_key(settings)
         model: str | bytes = str(path)
         held: list[Any] = []
-        shared = _shared_initializers(path, settings.precision)
+        try:
+            shared = _shared_initializers(path, settings.precision)
+        except Exception as exc:  # onnx raises protobuf's DecodeError for a damaged file
+            raise ValueError(f"onnx cannot parse {graph.name} from {path}: {type(exc).__name__}: {exc}. The file is "
+                             f"truncated, corrupted or not an ONNX model; export it again") from exc
         if shared:
             if weights is None or weights.folder is None:
                 raise ValueError(f"{graph.name}: {path} keeps its weights in the engine directory's weights folder; "

@@ -13,7 +13,7 @@ from torch import nn
 from ditcache.graphs import costs_for, parts_for
 from ditcache.graphs.adaptive import AdaptivePlan, AdaptivePolicy
 from ditcache.graphs.adaptive_curves import AdaptiveCurves
-from ditcache.graphs.adaptive_programs import CACHE_OUT, PROBE, PROBE_REF, SIGNAL, program_modules, relative_l1_rows
+from ditcache.graphs.adaptive_programs import PROBE, PROBE_REF, SIGNAL, program_modules, relative_l1_rows
 from ditcache.graphs.registry import ModelSpec
 from ditcache.graphs.segments import hidden_shape_at
 
@@ -112,8 +112,8 @@ def threshold_for_speedup(model: nn.Module, spec: ModelSpec, policy: AdaptivePol
     plan = AdaptivePlan.build(replace(policy, threshold=0.0), spec.num_blocks)
     low_macs, high_macs = plan.macs_bounds(costs_for(spec))
     if high_macs / low_macs < target:
-        raise ValueError(f"target speedup {target} is out of reach for this schedule: at most {high_macs / low_macs:.2f}x "
-                         f"(warm-up {policy.warmup}, final {policy.final}, at most {policy.max_consecutive} replays in "
+        raise ValueError(f"target speedup {target} is out of reach for this schedule: at most "
+                         f"{high_macs / low_macs:.2f}x (warm-up {policy.warmup}, final {policy.final}, at most {policy.max_consecutive} replays in "
                          f"a row); raise max_consecutive or lower the target")
     cache: dict[float, float] = {}
 

@@ -21,8 +21,8 @@ from ditcache.graphs.auto_schedule import (MacBudget, Move, SearchResult, Search
                                           search_schedule)
 from ditcache.graphs.plan import Plan, Variant
 from ditcache.graphs.registry import ModelSpec
-from ditcache.graphs.segments import DenoiserParts
-from ditcache.graphs.variants import build_segments
+from ditcache.graphs.segments import DenoiserParts, block_name
+from ditcache.graphs.variants import build_segments, replay, run_variant
 
 from ditcache.compiler.runtime.build import build_dispatcher
 from ditcache.compiler.runtime.dispatcher import VariantFn
@@ -59,12 +59,14 @@ class Reference:
         inputs: per step, the denoiser's inputs (model batch: doubled under guidance).
         outputs: per step, the denoiser's output (B2, C, H, W).
         records: per step, each unit's recording (offset or output), keyed by unit name.
+        segment_inputs: per step, what each segment read (chains of blocks only; empty otherwise).
         final: the final latents (B, C, H, W).
     """
 
     inputs: list[dict[str, torch.Tensor]] = field(default_factory=list)
     outputs: list[torch.Tensor] = field(default_factory=list)
     records: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    segment_inputs: list[dict[str, tuple[torch.Tensor, ...]]] = field(default_factory=list)
     final: torch.Tensor | None = None
 
 
@@ -95,6 +97,11 @@ class StepErrorModel:
         self.channels = spec.in_channels  # learned-sigma channels are not sampled from: not counted
         self._fns: dict[tuple[str, ...], VariantFn] = {}
         self._memo: dict[tuple, float] = {}
+        # a chain of blocks (DiT, PixArt): block segments read and write only the hidden state besides what the
+        # head made, no links run between them (U-Nets), the units are whole segments; step runs may then start
+        # at the first replayed unit
+        self.chained = all(not name.startswith("link.") for name in self.segments) and all(
+            seg.outputs == (parts.hidden_name,) for seg in self.segments.values() if seg.start is not None)
         self.step_runs = 0
         self.reference = self._record(progress)
         self.gains = list(gains) if gains is not None else self._measure_gains(progress)
@@ -113,17 +120,53 @@ class StepErrorModel:
     def _record(self, progress: bool) -> Reference:
         reference = Reference()
         names = tuple(r.name for r in self.layout.ranges)
-        full = self._fn((), names)
+        variant = Variant((), names)
+        inputs_of = {k: seg.inputs for k, seg in self.segments.items()}
+        outputs_of = {k: seg.outputs for k, seg in self.segments.items()}
 
         def denoiser(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-            out, recorded = full(inputs, {}, {})
+            seen: dict[str, tuple[torch.Tensor, ...]] = {}
+
+            def run_segment(name: str, xs: tuple[torch.Tensor, ...]):
+                seen[name] = xs  # what each segment read: a step run can start at its first replayed unit
+                return self.segments[name](*xs)
+
+            with torch.no_grad():
+                out, recorded = run_variant(self.layout, variant, run_segment, inputs_of, inputs, {}, None,
+                                            self.parts.hidden_name, None, outputs_of)
             reference.inputs.append(dict(inputs))
             reference.outputs.append(out)
             reference.records.append(recorded)
+            reference.segment_inputs.append(seen if self.chained else {})
             return out
 
         reference.final = sample(denoiser, self.spec, self.request, progress=progress)
         return reference
+
+    def _step_output(self, step: int, caches: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The denoiser output of ``step`` replaying ``caches`` (unit name -> cache), teacher-forced. On a chain of
+        blocks the run starts at the first replayed unit, from the hidden state the full run had there (what the
+        blocks before it compute is the full run's, bit for bit); otherwise it runs from the head."""
+        if not self.chained:
+            return self._fn(tuple(caches))(self.reference.inputs[step], caches, {})[0]
+        hidden, mode = self.parts.hidden_name, self.space.cache
+        read = self.reference.segment_inputs[step]
+        starts = {self.layout.range(n).start: n for n in caches}
+        first = min(starts)
+        h = None
+        for a, b in self.layout.block_segments:
+            if a < first:
+                continue
+            segment = self.segments[block_name(a, b)]
+            xs = read[segment.name]
+            if h is None:
+                h = xs[segment.inputs.index(hidden)]  # (B, T, D)
+            if a in starts:
+                h = replay(h, caches[starts[a]], mode)
+            else:
+                h = segment(*(h if k == hidden else x for k, x in zip(segment.inputs, xs)))
+        tail = self.segments["tail"]
+        return tail(*(h if k == hidden else x for k, x in zip(tail.inputs, read["tail"])))
 
     def _measure_gains(self, progress: bool) -> list[float]:
         """Per step s: final-latent MSE / denoiser-output MSE of a small random perturbation of step s's output,
@@ -175,9 +218,9 @@ class StepErrorModel:
             return 0.0
         key = (step, replays)
         if key not in self._memo:
-            names = tuple(n for n, _ in replays)
             caches = {n: self.reference.records[p][n] for n, p in replays}
-            out, _ = self._fn(names)(self.reference.inputs[step], caches, {})
+            with torch.no_grad():
+                out = self._step_output(step, caches)
             self.step_runs += 1
             self._memo[key] = _mse(out[:, :self.channels], self.reference.outputs[step][:, :self.channels])
         return self._memo[key]

@@ -28,7 +28,8 @@ class Decision:
         program: ``compute`` or ``replay`` (the continuation that ran after the probe).
         fixed: a warm-up or final step (no signal read).
         signal: the largest row's rescaled signal of this step (None at fixed steps).
-        accumulated: the largest row's accumulated budget after this step (0 after a compute).
+        accumulated: the largest row's accumulated value with this step's signal (what was compared with the
+            threshold; after a compute the budget starts again from 0; 0 at fixed steps).
         reason: why (``warm-up/final``, ``under budget``, ``over budget``, ``cap``).
     """
 
@@ -77,8 +78,7 @@ class Decider:
             self.accumulated, self.consecutive = candidate, self.consecutive + 1
         else:
             self.accumulated, self.consecutive = None, 0
-        self.decisions.append(Decision(step, "replay" if replayed else "compute", False, max(rows), top if replayed
-                                       else 0.0, reason))
+        self.decisions.append(Decision(step, "replay" if replayed else "compute", False, max(rows), top, reason))
         return replayed
 
     @property

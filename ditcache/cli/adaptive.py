@@ -15,7 +15,8 @@ def replay_range(text: str):
     try:
         start, end = (int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"give 'rest' or a block range START,END such as 1,12 (got {text!r})") from None
+        raise argparse.ArgumentTypeError(f"give 'rest' or a block range START,END such as 1,12 "
+                                         f"(got {text!r})") from None
     return (start, end)
 
 

@@ -57,7 +57,10 @@ def cmd_auto_schedule(args: argparse.Namespace) -> int:
         raise ValueError("--objective change-curves needs --curves FILE (make one with `ditcache calibrate`); or "
                          "search with --objective error --weights W --target-speedup X")
     used = [flag for flag, value in (("--mac-fraction", args.mac_fraction), ("--beam-width", args.beam_width),
-                                     ("--unit-blocks", args.unit_blocks), ("--weights", args.weights)) if value]
+                                     ("--unit-blocks", args.unit_blocks), ("--weights", args.weights),
+                                     ("--random-weights", args.random_weights), ("--steps", args.steps),
+                                     ("--classes", args.classes), ("--scheduler", args.scheduler),
+                                     ("--guidance", args.guidance)) if value is not None and value is not False]
     if used:
         raise ValueError(f"{used[0]} applies to --objective error; drop it (change curves take --threshold or "
                          f"--target-speedup)")
@@ -82,12 +85,10 @@ def cmd_auto_schedule(args: argparse.Namespace) -> int:
 
 def cmd_auto_schedule_error(args: argparse.Namespace) -> int:
     """``auto-schedule --objective error``: search the replays for the least measured error at a MAC budget."""
-    import json
-
     from ditcache.compiler.atomic import write_atomic, write_json_atomic
     from ditcache.compiler.calibration.search import calibration_batch, error_driven_schedule
     from ditcache.graphs import costs_for, load_schedule, parts_for
-    from ditcache.graphs.auto_schedule import MacBudget, block_units, check_reachable, SearchSpace
+    from ditcache.graphs.auto_schedule import MacBudget, SearchSpace, block_units, check_reachable
     from ditcache.graphs.configs import relative_path
     from ditcache.graphs.planning import plan_for
     from ditcache.graphs.registry import get_spec
@@ -106,6 +107,7 @@ def cmd_auto_schedule_error(args: argparse.Namespace) -> int:
                                 args.cache), costs_for(spec), budget)  # before loading anything
     sidecar = search_metadata_path(args.out)
     check_output_file(sidecar, "the search record")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the search: nothing fails after it
     spec, model, info = load(args)
     request = calibration_batch(args.seeds, args.classes, spec.num_classes, steps, args.guidance, args.scheduler)
     found = error_driven_schedule(parts_for(model, spec), spec, request, budget, args.cache, args.unit_blocks or 1,
@@ -129,8 +131,6 @@ def cmd_auto_schedule_error(args: argparse.Namespace) -> int:
           f"theoretical speedup {plan.theoretical_speedup(costs_for(spec)):.2f}x on {spec.name}; on the "
           f"{request.num_images} calibration images the final samples are {final.psnr_db:.2f} dB PSNR "
           f"(relative L2 {final.relative_l2:.4g}) from the full run's")
-    if getattr(args, "json", False):
-        print(json.dumps(metadata))
     return 0
 
 

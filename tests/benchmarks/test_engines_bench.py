@@ -161,7 +161,7 @@ def test_shipped_config_rows():
     cfg = load_engines_config(CPU)
     assert [m.model for m in cfg.models] == ["dit-fmnist", "dit-xl"]
     for entry in cfg.models:
-        assert [r.backend for r in entry.rows] == ["eager", "inductor-jit", "inductor", "onnxruntime"]
+        assert sorted(r.backend for r in entry.rows) == ["eager", "inductor", "inductor-jit", "onnxruntime"]
         assert all(r.granularity == "variant" and r.precision == "fp32" for r in entry.rows)
     fmnist, xl = cfg.models
     assert fmnist.batch_check == (1, 16) and xl.batch_check == (1, 4)

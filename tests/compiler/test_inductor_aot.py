@@ -255,8 +255,10 @@ def test_variant_packages_share_one_copy_of_the_weights(aot_engines):
     backend = InductorAOTBackend()
     pointers: dict[str, set[int]] = {}
     for name, record in manifest.artifacts.items():
-        graph = GraphSpec(name, None, tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in record.inputs),
-                          tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in record.outputs))
+        def specs(items):
+            return tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in items)
+
+        graph = GraphSpec(name, None, specs(record.inputs), specs(record.outputs))
         run = backend.load(graph, CPU, [out / f for f in record.files], weights=shared)
         constants, _ = run.constants
         entries = json.loads(next(out.glob(f"artifacts/{name}-*/{name}.weights.json")).read_text())["constants"]

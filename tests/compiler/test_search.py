@@ -13,7 +13,6 @@ from ditcache.cli.main import main
 from ditcache.compiler.calibration.curves import calibrate
 from ditcache.compiler.calibration.search import StepErrorModel, calibration_batch, compare_final, final_error
 from ditcache.compiler.runtime.build import build_dispatcher
-from ditcache.compiler.runtime.runner import sample_with_plan
 from ditcache.compiler.runtime.sampling import model_denoiser, sample
 from ditcache.graphs import costs_for, load_schedule, parts_for
 from ditcache.graphs.auto_schedule import (MacBudget, SearchSpace, block_units, check_reachable, plan_for_threshold,
@@ -53,7 +52,7 @@ def test_search_meets_the_budget_as_the_plan_counts_it(tiny, budget):
     assert plan.total_macs(costs) == space.total_macs(result.moves, costs)
     assert plan.theoretical_speedup(costs) >= budget.target_speedup
     assert result.speedup == plan.theoretical_speedup(costs)
-    assert not budget.met(space.total_macs(result.order[:-1], costs), costs, STEPS)  # stops at the first move that meets it
+    assert not budget.met(space.total_macs(result.order[:-1], costs), costs, STEPS)  # stops at the first that meets it
     assert frozenset(result.order) == result.moves
     assert prefix_meeting(space, costs, result.order, budget) == result.moves
 
@@ -107,6 +106,19 @@ def test_step_error_is_the_dispatchers_error_at_that_step(tiny):
     assert mse > 0  # the replay really changes the output
     assert objective.step_error(2, (("b1", 1),)) == pytest.approx(mse, rel=1e-4)
     assert all(g > 0 for g in objective.gains)
+
+
+def test_step_runs_from_the_first_replay_equal_runs_from_the_head(tiny):
+    """On a chain of blocks a step run starts at its first replayed unit; what it computes is the same, bit for bit."""
+    objective = tiny[-1]
+    assert objective.chained
+    for step, names in ((1, ("b0",)), (2, ("b1",)), (3, ("b1", "b3")), (4, ("b3",))):
+        caches = {n: objective.reference.records[step - 1][n] for n in names}
+        with torch.no_grad():
+            fast = objective._step_output(step, caches)
+            slow = objective._fn(names)(objective.reference.inputs[step], caches, {})[0]
+        assert torch.equal(fast, slow)
+        assert not torch.equal(fast, objective.reference.outputs[step])
 
 
 def test_search_beats_the_change_curve_rule_at_equal_budget(tiny):
@@ -188,8 +200,7 @@ def test_compare_final_of_identical_latents():
 
 
 def test_cli_writes_a_schedule_that_plans(tmp_path, capsys):
-    out = tmp_path / "sub" / "s.yaml"
-    out.parent.mkdir()
+    out = tmp_path / "sub" / "s.yaml"  # its folder is made
     assert main(["auto-schedule", "--objective", "error", "--model", "dit-tiny", "--random-weights", "--steps", "4",
                  "--seeds", "0", "1", "--target-speedup", "1.4", "--out", str(out), "--quiet"]) == 0
     assert "theoretical speedup" in capsys.readouterr().out
@@ -229,3 +240,5 @@ def test_cli_refuses_an_unknown_objective_and_error_flags_on_change_curves(tmp_p
     curves.write_text("{}")
     assert main(["auto-schedule", "--curves", str(curves), "--target-speedup", "1.5", "--mac-fraction", "0.5"]) == 2
     assert "--mac-fraction applies to --objective error" in capsys.readouterr().err
+    assert main(["auto-schedule", "--curves", str(curves), "--target-speedup", "1.5", "--steps", "10"]) == 2
+    assert "--steps applies to --objective error" in capsys.readouterr().err

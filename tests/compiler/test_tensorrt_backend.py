@@ -159,6 +159,9 @@ def test_weight_stripped_engines_share_the_model_weights_file():
     assert backend.shared_weights(stripped) == "model" and backend.shared_weights(CUDA) is None
 
 
+CPU_DEVICE = torch.device("cpu")
+
+
 class _FakeRefitter:
     """Stands in for trt.Refitter to test refit_engine's own logic (the order of checks), not TensorRT."""
 
@@ -205,17 +208,17 @@ def test_refit_sets_every_weight_from_the_shared_tensors_and_refuses_missing_one
     refitter = _FakeRefitter(["segments.w", "segments.b"])
     fake = _fake_trt(refitter)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)  # _trt_dtypes reads the dtype names from "tensorrt"
-    refit_engine(object(), "variant.full", entries, shared, None, torch.device("cpu"), trt_module=fake)
+    refit_engine(object(), "variant.full", entries, shared, None, CPU_DEVICE, trt_module=fake)
     assert refitter.refitted and sorted(refitter.set) == ["segments.b", "segments.w"]
     assert refitter.set["segments.w"].ptr == shared.tensors["blocks.0.w"].data_ptr()  # the shared memory itself
 
     unknown = _FakeRefitter(["segments.w", "segments.b", "segments.extra"])
     with pytest.raises(ValueError, match="does not record"):
-        refit_engine(object(), "variant.full", entries, shared, None, torch.device("cpu"), trt_module=_fake_trt(unknown))
+        refit_engine(object(), "variant.full", entries, shared, None, CPU_DEVICE, trt_module=_fake_trt(unknown))
     assert not unknown.set and not unknown.refitted  # refused before anything reached TensorRT
     partial = _FakeRefitter(["segments.w", "segments.b"], missing=["segments.b"])
     with pytest.raises(ValueError, match="still misses weights"):
-        refit_engine(object(), "variant.full", entries, shared, None, torch.device("cpu"), trt_module=_fake_trt(partial))
+        refit_engine(object(), "variant.full", entries, shared, None, CPU_DEVICE, trt_module=_fake_trt(partial))
     assert not partial.refitted
 
 

@@ -17,7 +17,8 @@ from ditcache.export.manifest import ManifestError
 from ditcache.graphs.schedule import load_schedule
 
 STEPS = 8
-SCHEDULE = "kind: adaptive\nsteps: 8\nsignal: {signal}\nthreshold: {threshold}\nwarmup: 2\nfinal: 1\nmax_consecutive: 2\n"
+SCHEDULE = ("kind: adaptive\nsteps: 8\nsignal: {signal}\nthreshold: {threshold}\nwarmup: 2\nfinal: 1\n"
+            "max_consecutive: 2\n")
 
 
 def write_schedule(path, signal="first-block", threshold=0.3):
