@@ -453,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="keep rows of an earlier call's results.json in --out that were measured with identical "
                              "settings; measure the rest")
+    parser.add_argument("--again", action="store_true",
+                        help="with --resume: measure the selected rows again (the rows not selected are still kept)")
     parser.add_argument("--json", action="store_true", help="print results.json to stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
@@ -482,8 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     work, engines = cache / cfg.name, cache / "engines" / cfg.name
     earlier = json.loads((out_dir / "results.json").read_text()) if args.resume and (
         out_dir / "results.json").is_file() else None
-    previous = {r["id"]: r for r in (earlier or {}).get("rows", [])
-                if r.get("status") == "ok" and r.get("latents_file") and Path(r["latents_file"]).is_file()}
+    previous = {} if args.again else {
+        r["id"]: r for r in (earlier or {}).get("rows", [])
+        if r.get("status") == "ok" and r.get("latents_file") and Path(r["latents_file"]).is_file()}
     machine = machine_info(cfg.device)
     load_start = _load()
     warnings = []

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ditcache.cli import main
 from ditcache.graphs import get_spec
 from ditcache.graphs.weights import load_model
 
 
+@pytest.mark.e2e
 def test_demo_runs_and_reports(tmp_path, capsys):
     model, _ = load_model(get_spec("dit-fmnist"), random_weights=True)
     model.save_pretrained(tmp_path / "w")

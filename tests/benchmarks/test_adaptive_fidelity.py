@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ditcache.benchmarks import adaptive_fidelity
 
 
+@pytest.mark.e2e
 def test_adaptive_fidelity_smoke(tmp_path):
     out = tmp_path / "res"
     assert adaptive_fidelity.main(["--out", str(out), "--images", "2", "--targets", "1.2", "--model", "dit-tiny",

@@ -86,6 +86,7 @@ def _check_row(row: dict, model, repeats: int) -> None:
     assert len(row["runs_s"]) == repeats
 
 
+@pytest.mark.e2e
 def test_engines_bench_end_to_end(tiny_run):
     code, out, model = tiny_run
     assert code == 0

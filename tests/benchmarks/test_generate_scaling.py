@@ -10,6 +10,7 @@ import yaml
 from ditcache.benchmarks.generate_scaling import main
 
 
+@pytest.mark.e2e
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_scaling_run_saves_identical_runs(tmp_path):
     schedule = tmp_path / "s.yaml"

@@ -178,6 +178,7 @@ def test_matched_by_needs_faster_and_better():
     assert rows[3]["matched_by_eager"] is None and rows[3]["matched_by_compiled"] is None
 
 
+@pytest.mark.e2e
 def test_compare_peers_end_to_end(tmp_path):
     """The one command on the tiny config (no compile phase: that is minutes on a loaded 2-core CPU)."""
     from ditcache.benchmarks.compare_peers import main

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "benchmarks" / "configs" / "tiny-pixart.yaml"
 
 
+@pytest.mark.e2e
 def test_tiny_pixart_rows(tmp_path):
     out = tmp_path / "out"
     assert main(["--config", str(TINY), "--out-dir", str(out), "--cache-dir", str(tmp_path / "cache"),

@@ -18,6 +18,7 @@ pytest.importorskip("transformers", reason="diffusers' StableDiffusionPipeline (
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.e2e
 def test_tiny_unet_rows(tmp_path):
     out = tmp_path / "out"
     assert main(["--config", str(REPO / "benchmarks" / "configs" / "tiny-unet.yaml"), "--out-dir", str(out),
