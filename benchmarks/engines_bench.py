@@ -78,6 +78,7 @@ class EnginesConfig:
     row_timeout_s: float
     time_budget_s: float | None
     models: list[ModelEntry] = field(default_factory=list)
+    row_order: tuple[str, ...] = ()  # every row id of the file, selected or not (the order of the results)
 
 
 # ---- config -----------------------------------------------------------------------------------------------
@@ -127,6 +128,8 @@ def load_engines_config(path: str | Path, *, steps: int | None = None, repeats: 
                         row_timeout_s=float(data.get("row_timeout_s", 1800)),
                         time_budget_s=None if data.get("time_budget_s") is None else float(data["time_budget_s"]))
     known = {m.get("model") for m in data["models"] if isinstance(m, Mapping)}
+    cfg.row_order = tuple(f"{m.get('model')}/{b}" for m in data["models"] if isinstance(m, Mapping)
+                          for b in m.get("backends") or data.get("backends") or ["eager"])
     for name in models or ():
         if name not in known:
             raise ConfigError(f"--models: {name!r} is not in {path} (have: {', '.join(sorted(map(str, known)))})")
@@ -282,6 +285,8 @@ def measure_row(entry: ModelEntry, row: RowSpec, cfg: EnginesConfig, work: Path,
                                      "runs_s", "variants_loaded", "rss_imported_bytes", "rss_loaded_bytes",
                                      "peak_rss_bytes", "peak_rss_source", "ru_maxrss_bytes", "param_count",
                                      "weights_bytes", "threads", "latents_file")})
+    if out["runs_s"]:  # what starting costs beyond sampling itself: cold start minus a warm run
+        out["startup_overhead_s"] = out["cold_start_s"] - median(out["runs_s"])
     out["per_step_ms"] = step_stats(cold["step_seconds"])
     out["first_run_per_step_ms"] = step_stats(cold["first_run_step_seconds"])
     if out.get("weights_bytes") and out.get("peak_rss_bytes"):
@@ -301,9 +306,9 @@ def _progress(message: str, quiet: bool) -> None:
 
 
 # ---- report -----------------------------------------------------------------------------------------------
-HEADER = ("model", "backend", "engines", "status", "export s", "on disk MiB", "cold start s (import + load + "
-          "1st run)", "per-step ms by variant", "run s", "peak RSS GiB (above imports)", "weights GiB",
-          "peak / weights (above imports / weights)",
+HEADER = ("model", "backend", "engines", "status", "export s", "on disk MiB",
+          "cold start s (import + load + 1st run; cold start - warm run)", "per-step ms by variant", "run s",
+          "peak RSS GiB (above imports)", "weights GiB", "peak / weights (above imports / weights)",
           "batch sizes from one export", "max-abs vs eager")
 
 
@@ -332,6 +337,8 @@ def markdown_rows(rows: list[dict[str, Any]]) -> str:
         steps = r.get("per_step_ms") or {}
         cold = (f"{r['cold_start_s']:.1f} ({r['import_s'] + r['python_start_s']:.1f} + {r['load_s']:.1f} + "
                 f"{r['first_run_s']:.1f})" if ok else "–")
+        if ok and r.get("startup_overhead_s") is not None:
+            cold += f"; {r['startup_overhead_s']:.1f} over a warm run"
         runs = r.get("runs_s") or []
         cells.append([
             r["model"], r["backend"], r.get("engines", "?"), r["status"], _num(r.get("export_s")),
@@ -366,8 +373,9 @@ def write_markdown(path: Path, document: Mapping[str, Any]) -> None:
                      f"{model['weights']}" + (f". {model['note']}" if model.get("note") else ""))
     lines += [f"- **WARNING**: {w}" for w in document.get("warnings", [])]
     for call in document.get("earlier_calls", []):
-        lines.append(f"- **rows kept from an earlier call** (`{call['command']}`, {call['date_utc']}, load average "
-                     f"{call['load_average_start']} / {call['load_average_end']})"
+        lines.append(f"- **earlier call** (its rows not measured again are kept; each row's measured_utc and "
+                     f"load_average_row in results.json say when): `{call['command']}`, {call['date_utc']}, load "
+                     f"average {call['load_average_start']} / {call['load_average_end']}"
                      + "".join(f"; WARNING: {w}" for w in call.get("warnings", [])))
     if c.get("description"):
         lines += ["", c["description"]]
@@ -415,7 +423,8 @@ def _notes(row: RowSpec, result: dict[str, Any], kind: str) -> list[str]:
 
 # measured fields of a row (None where not measured: eager has no export, a skipped row has nothing)
 FIELDS = ("export_s", "export_process_s", "export_peak_rss_bytes", "validation_max_abs", "disk_bytes", "disk_files",
-          "export_artifact_bytes", "engines_dir", "cold_start_s", "python_start_s", "import_s", "load_s",
+          "export_artifact_bytes", "engines_dir", "cold_start_s", "startup_overhead_s", "python_start_s", "import_s",
+          "load_s",
           "first_run_s", "runs_s", "per_step_ms", "first_run_per_step_ms", "variants_loaded", "rss_imported_bytes",
           "rss_loaded_bytes", "peak_rss_bytes", "peak_rss_source", "ru_maxrss_bytes", "param_count", "weights_bytes",
           "peak_over_weights",
@@ -534,13 +543,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             pending.append((entry, row, len(document["rows"]) - 1))
     if earlier is not None:  # rows and models of the earlier results this call does not select are kept as they are
         ids = {r["id"] for r in document["rows"]}
-        kept = [dict(r, notes=[*r.get("notes", []), "from an earlier call (--resume); not selected in this one"])
+        note = "from an earlier call (--resume); not selected in this one"
+        kept = [dict(r, notes=[*(n for n in r.get("notes", []) if n != note), note])
                 for r in earlier["rows"] if r["id"] not in ids]
         document["rows"] = kept + document["rows"]
         pending = [(entry, row, index + len(kept)) for entry, row, index in pending]
         models = {m["model"] for m in document["config"]["models"]}
         document["config"]["models"] = [m for m in earlier["config"]["models"] if m["model"] not in models] + \
             document["config"]["models"]
+    rows_before = list(document["rows"])
+    order = {row_id: i for i, row_id in enumerate(cfg.row_order)}
+    models = list(dict.fromkeys(row_id.split("/")[0] for row_id in cfg.row_order))
+    document["rows"].sort(key=lambda r: order.get(r["id"], len(order)))
+    document["config"]["models"].sort(key=lambda m: models.index(m["model"]) if m["model"] in models else len(models))
+    where = {id(r): i for i, r in enumerate(document["rows"])}
+    pending = [(entry, row, where[id(rows_before[index])]) for entry, row, index in pending]
     runnable = [p for p in pending if not p[1].skip]
     for done, (entry, row, index) in enumerate(runnable, 1):
         elapsed = time.perf_counter() - start
