@@ -48,6 +48,16 @@ class WeightFormat:
     adapt: Callable[[nn.Module], None] | None = None
 
 
+def refused_layout(name: str, description: str, detect: Callable[[Mapping[str, torch.Tensor]], bool],
+                   message: str) -> WeightFormat:
+    """A checkpoint layout that is recognised only to be refused with ``message`` (which says how to convert it)."""
+
+    def refuse(state: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
+        raise ValueError(message)
+
+    return WeightFormat(name=name, description=description, detect=detect, convert=refuse)
+
+
 @dataclass(frozen=True)
 class StockPipeline:
     """diffusers' own pipeline of a family, as the benchmarks' baseline rows run it (eager, a stand-in VAE).

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .family import Family, StockPipeline, WeightFormat, names_class
+from .family import Family, StockPipeline, names_class, refused_layout
 from .flow_spec import FlowModelSpec, FlowSampling, resize_latents
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
@@ -312,17 +312,13 @@ def _spec_for_config(config: Mapping[str, Any], latent: bool = True) -> FlowMode
                      512 if guided else 256)
 
 
-def _refuse_original(state: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
-    raise ValueError("an original Black Forest Labs FLUX checkpoint (double_blocks.* keys), not diffusers weights; "
-                     "convert it with diffusers' FluxTransformer2DModel.from_single_file(FILE).save_pretrained(DIR) "
-                     "and pass --weights DIR")
-
-
-ORIGINAL_FLUX = WeightFormat(
-    name="original-flux",
-    description="an original Black Forest Labs FLUX checkpoint (refused: convert it with diffusers first)",
-    detect=lambda state: any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in state),
-    convert=_refuse_original,
+ORIGINAL_FLUX = refused_layout(
+    "original-flux",
+    "an original Black Forest Labs FLUX checkpoint (refused: convert it with diffusers first)",
+    lambda state: any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in state),
+    "an original Black Forest Labs FLUX checkpoint (double_blocks.* keys), not diffusers weights; "
+    "convert it with diffusers' FluxTransformer2DModel.from_single_file(FILE).save_pretrained(DIR) "
+    "and pass --weights DIR",
 )
 
 _WEIGHTS_HELP = (

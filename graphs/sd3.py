@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .family import Family, StockPipeline, WeightFormat, names_class
+from .family import Family, StockPipeline, names_class, refused_layout
 from .flow_spec import FlowModelSpec, FlowSampling, resize_latents, unpacked_call_spec
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
@@ -276,17 +276,13 @@ def _spec_for_config(config: Mapping[str, Any], latent: bool = True) -> FlowMode
     return sd3_spec("custom", ours, "SD3 model given by the user", (int(ours["in_channels"]), 128, 128))
 
 
-def _refuse_original(state: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
-    raise ValueError("an original Stability AI SD3 checkpoint (joint_blocks.* keys), not diffusers weights; convert "
-                     "it with diffusers' SD3Transformer2DModel.from_single_file(FILE).save_pretrained(DIR) and pass "
-                     "--weights DIR")
-
-
-ORIGINAL_SD3 = WeightFormat(
-    name="original-sd3",
-    description="an original Stability AI SD3 / 3.5 checkpoint (refused: convert it with diffusers first)",
-    detect=lambda state: any(k.startswith(("joint_blocks.", "model.diffusion_model.joint_blocks.")) for k in state),
-    convert=_refuse_original,
+ORIGINAL_SD3 = refused_layout(
+    "original-sd3",
+    "an original Stability AI SD3 / 3.5 checkpoint (refused: convert it with diffusers first)",
+    lambda state: any(k.startswith(("joint_blocks.", "model.diffusion_model.joint_blocks.")) for k in state),
+    "an original Stability AI SD3 checkpoint (joint_blocks.* keys), not diffusers weights; convert "
+    "it with diffusers' SD3Transformer2DModel.from_single_file(FILE).save_pretrained(DIR) and pass "
+    "--weights DIR",
 )
 
 _WEIGHTS_HELP = (

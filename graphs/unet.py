@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .family import Family, StockPipeline, WeightFormat, names_class
+from .family import Family, StockPipeline, names_class, refused_layout
 from .macs import unet_costs
 from .model_spec import DIT_SCHEDULER_CONFIG, ModelSpec
 from .segments import Segment, block_name, check_block_range, link_name
@@ -403,17 +403,13 @@ def _spec_for_config(config: Mapping[str, Any], latent: bool = True) -> ModelSpe
                      guidance_scale=4.0 if classes else GUIDANCE_SCALE)
 
 
-def _refuse_original_checkpoint(state: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
-    raise ValueError("an original (CompVis/LDM) Stable Diffusion checkpoint, not diffusers weights; convert it with "
-                     "diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(DIR) and pass "
-                     "--weights DIR")
-
-
-ORIGINAL_SD = WeightFormat(
-    name="original-sd",
-    description="an original (CompVis/LDM) Stable Diffusion checkpoint (refused: convert it with diffusers first)",
-    detect=lambda state: any(k.startswith("model.diffusion_model.") for k in state),
-    convert=_refuse_original_checkpoint,
+ORIGINAL_SD = refused_layout(
+    "original-sd",
+    "an original (CompVis/LDM) Stable Diffusion checkpoint (refused: convert it with diffusers first)",
+    lambda state: any(k.startswith("model.diffusion_model.") for k in state),
+    "an original (CompVis/LDM) Stable Diffusion checkpoint, not diffusers weights; convert it with "
+    "diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(DIR) and pass "
+    "--weights DIR",
 )
 
 _WEIGHTS_HELP = (

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .family import Family, StockPipeline, WeightFormat, names_class
+from .family import Family, StockPipeline, names_class, refused_layout
 from .flow_spec import FlowModelSpec, FlowSampling, resize_latents, unpacked_call_spec
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
@@ -247,17 +247,13 @@ def _spec_for_config(config: Mapping[str, Any], latent: bool = True) -> FlowMode
     return wan_spec("custom", ours, "Wan model given by the user", (int(ours["in_channels"]), *WAN_480P_LATENT[1:]))
 
 
-def _refuse_original(state: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
-    raise ValueError("an original Wan-AI checkpoint (blocks.*.self_attn keys), not diffusers weights; use the "
-                     "Wan-AI/Wan2.1-T2V-*-Diffusers folders (or convert with diffusers' conversion script) and pass "
-                     "--weights DIR")
-
-
-ORIGINAL_WAN = WeightFormat(
-    name="original-wan",
-    description="an original Wan-AI checkpoint (refused: use the -Diffusers weights)",
-    detect=lambda state: any(".self_attn." in k for k in state),
-    convert=_refuse_original,
+ORIGINAL_WAN = refused_layout(
+    "original-wan",
+    "an original Wan-AI checkpoint (refused: use the -Diffusers weights)",
+    lambda state: any(".self_attn." in k for k in state),
+    "an original Wan-AI checkpoint (blocks.*.self_attn keys), not diffusers weights; use the "
+    "Wan-AI/Wan2.1-T2V-*-Diffusers folders (or convert with diffusers' conversion script) and pass "
+    "--weights DIR",
 )
 
 _WEIGHTS_HELP = (
