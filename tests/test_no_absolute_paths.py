@@ -52,7 +52,7 @@ def offending_lines(text: str, pattern: re.Pattern, comments: bool = True) -> li
 def test_patterns_catch_what_they_are_for():
     assert HOME_OR_WORK.search("curves: /" + "work/main/schedules/curves.json")
     assert HOME_OR_WORK.search('"source": "/' + 'home/ann/weights"')
-    assert not HOME_OR_WORK.search("curves: curves.json  # see docs/work/x")
+    assert not HOME_OR_WORK.search("curves: curves.json  # see docs/" + "work/x")
     assert TMP.search("scale_shift: /" + "tmp/x.safetensors") and not TMP.search("out: ./tmp/x")
     assert offending_lines("a: 1\n# run with --out /" + "tmp/x\nb: /" + "tmp/y\n", TMP, comments=False) == ["3: b: /tmp/y"]
 
