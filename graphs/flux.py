@@ -22,6 +22,7 @@ output, packed as the pipeline steps it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -32,7 +33,7 @@ from .family import Family, StockPipeline, names_class, refused_layout
 from .flow_spec import FlowModelSpec, FlowSampling, resize_latents
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
-from .segments import Segment, block_name, check_block_range
+from .segments import PatchTokenParts, Segment
 
 TEMB = "temb"  # (B, D): timestep (+ guidance) + pooled-text embedding, modulates every block and the tail
 ROPE_COS, ROPE_SIN = "rope_cos", "rope_sin"  # (L + T, head_dim): rotary table of the joined sequence
@@ -109,7 +110,7 @@ class FluxTail(nn.Module):
         return self.proj_out(self.norm_out(image, temb))  # (B, T, 4C)
 
 
-class FluxParts:
+class FluxParts(PatchTokenParts):
     """The FLUX.1 decomposition: ``tail(blocks[0:Nb](head(x, t, text, pooled[, guidance])), temb) == model(...)``.
 
     Inputs: ``x`` (B, T, 4C) packed latents, ``timestep`` (B,) = t / 1000, ``encoder_hidden_states`` (B, L, 4096)
@@ -117,14 +118,14 @@ class FluxParts:
     Blocks 0 .. num_layers-1 are dual-stream, the rest single-stream; h = [text; image] (B, L + T, D) between them.
     """
 
-    hidden_name = "h"
-    output_name = "out"
+    block_inputs = (TEMB, ROPE_COS, ROPE_SIN)
 
     def __init__(self, model: nn.Module, spec: FlowModelSpec):
         check_model(model, spec)
         self.model = model
         self.spec = spec
         self.text_length = int(spec.text_length)
+        self.block_module = functools.partial(FluxBlocks, text_length=self.text_length)
         self.num_dual = len(model.transformer_blocks)
         self.num_blocks = self.num_dual + len(model.single_transformer_blocks)
         self.input_names = ("x", "timestep", *spec.conditioning_inputs)
@@ -132,17 +133,6 @@ class FluxParts:
         self._head = Segment("head", FluxHead(model, self.text_length, height, width), self.input_names,
                              ("h", TEMB, ROPE_COS, ROPE_SIN))
         self._tail = Segment("tail", FluxTail(model, self.text_length), ("h", TEMB), ("out",))
-
-    def head(self) -> Segment:
-        return self._head
-
-    def blocks(self, start: int, end: int) -> Segment:
-        check_block_range(start, end, self.num_blocks)
-        return Segment(block_name(start, end), FluxBlocks(self.model, start, end, self.text_length),
-                       ("h", TEMB, ROPE_COS, ROPE_SIN), ("h",), start, end)
-
-    def tail(self) -> Segment:
-        return self._tail
 
     @property
     def image_tokens(self) -> int:
@@ -153,13 +143,6 @@ class FluxParts:
     def tokens(self) -> int:
         """Tokens of the hidden state: text, then image."""
         return self.text_length + self.image_tokens
-
-    def hidden_shape(self, batch: int) -> tuple[int, ...]:
-        return (batch, self.tokens, self.spec.hidden_size)
-
-    def channel_shape(self) -> tuple[int, ...]:
-        """Per-channel scale/shift (D,), shared by the text and image tokens (docs/families.md says why)."""
-        return (self.spec.hidden_size,)
 
     def block_labels(self) -> list[str]:
         """``dual.<i>`` / ``single.<i>``: each block's kind and index within its kind, in chain order."""

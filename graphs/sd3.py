@@ -17,6 +17,7 @@ and the projected text tokens. **Tail.** Final adaptive norm of the image tokens
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import torch
@@ -26,7 +27,7 @@ from .family import Family, StockPipeline, names_class, refused_layout
 from .flow_spec import FlowModelSpec, FlowSampling, resize_latents, unpacked_call_spec
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
-from .segments import Segment, block_name, check_block_range
+from .segments import PatchTokenParts, Segment
 
 TEMB = "temb"  # (B, D): timestep + pooled-text embedding, modulates every block and the tail
 TEXT_INPUTS = ("encoder_hidden_states", "pooled_projections")
@@ -88,7 +89,7 @@ class SD3Tail(nn.Module):
         return image.reshape(batch, c, rows * p, cols * p)  # (B, C, H, W)
 
 
-class SD3Parts:
+class SD3Parts(PatchTokenParts):
     """The SD3 decomposition: ``tail(blocks[0:Nb](head(x, t, text, pooled)), temb) == model(x, ...)``.
 
     Inputs: ``x`` (B, 16, H, W) latents, ``timestep`` (B,) in [0, 1000], ``encoder_hidden_states`` (B, L, 4096)
@@ -96,30 +97,19 @@ class SD3Parts:
     (B, 2048). h = [text; image] (B, L + T, D) between the blocks.
     """
 
-    hidden_name = "h"
-    output_name = "out"
+    block_inputs = (TEMB,)
 
     def __init__(self, model: nn.Module, spec: FlowModelSpec):
         check_model(model, spec)
         self.model = model
         self.spec = spec
         self.text_length = int(spec.text_length)
+        self.block_module = functools.partial(SD3Blocks, text_length=self.text_length)
         self.num_blocks = len(model.transformer_blocks)
         self.input_names = ("x", "timestep", *TEXT_INPUTS)
         height, width = spec.latent_shape[-2:]
         self._head = Segment("head", SD3Head(model), self.input_names, ("h", TEMB))
         self._tail = Segment("tail", SD3Tail(model, self.text_length, height, width), ("h", TEMB), ("out",))
-
-    def head(self) -> Segment:
-        return self._head
-
-    def blocks(self, start: int, end: int) -> Segment:
-        check_block_range(start, end, self.num_blocks)
-        return Segment(block_name(start, end), SD3Blocks(self.model, start, end, self.text_length), ("h", TEMB),
-                       ("h",), start, end)
-
-    def tail(self) -> Segment:
-        return self._tail
 
     @property
     def image_tokens(self) -> int:
@@ -131,13 +121,6 @@ class SD3Parts:
     def tokens(self) -> int:
         """Tokens of the hidden state: text, then image."""
         return self.text_length + self.image_tokens
-
-    def hidden_shape(self, batch: int) -> tuple[int, ...]:
-        return (batch, self.tokens, self.spec.hidden_size)
-
-    def channel_shape(self) -> tuple[int, ...]:
-        """Per-channel scale/shift (D,), shared by the text and image tokens (docs/families.md says why)."""
-        return (self.spec.hidden_size,)
 
     def block_modules(self) -> list[nn.Module]:
         """The joint blocks; their outputs are (text or None, image): :meth:`block_output` makes them ``h``."""

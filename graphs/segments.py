@@ -58,7 +58,8 @@ class PatchTail(nn.Module):
 
 
 class PatchTokenParts:
-    """Head, block ranges, tail and shapes shared by the patch-token transformers' parts (DiT, PixArt-α).
+    """Head, block ranges, tail and shapes shared by the token-sequence transformers' parts (DiT, PixArt-α, FLUX.1,
+    SD3, Wan 2.1; the flow families count their own ``tokens``).
 
     Subclasses set ``model``, ``spec``, ``num_blocks``, ``_head``, ``_tail``, ``block_inputs`` (the names a
     block segment reads besides the hidden state) and ``block_module`` (``block_module(model, start, end)``).

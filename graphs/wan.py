@@ -25,7 +25,7 @@ from .family import Family, StockPipeline, names_class, refused_layout
 from .flow_spec import FlowModelSpec, FlowSampling, resize_latents, unpacked_call_spec
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
-from .segments import Segment, block_name, check_block_range
+from .segments import PatchTokenParts, Segment
 
 TEMB = "temb"  # (B, D): timestep embedding, the tail's modulation input
 TIMESTEP_PROJ = "timestep_proj"  # (B, 6, D): every block's modulation input
@@ -92,15 +92,15 @@ class WanTail(nn.Module):
         return h.reshape(batch, h.shape[1], frames * pt, rows * ph, cols * pw)  # (B, C, F, H, W)
 
 
-class WanParts:
+class WanParts(PatchTokenParts):
     """The Wan 2.1 decomposition: ``tail(blocks[0:Nb](head(x, t, text)), temb) == model(x, t, text)``.
 
     Inputs: ``x`` (B, 16, F, H, W) video latents, ``timestep`` (B,) in [0, 1000], ``encoder_hidden_states``
     (B, L, 4096) UMT5 embeddings (zero past each prompt's tokens, as WanPipeline pads them; no mask).
     """
 
-    hidden_name = "h"
-    output_name = "out"
+    block_inputs = (TIMESTEP_PROJ, CONTEXT, ROPE_COS, ROPE_SIN)
+    block_module = WanBlocks
 
     def __init__(self, model: nn.Module, spec: FlowModelSpec):
         check_model(model, spec)
@@ -113,27 +113,10 @@ class WanParts:
                              ("h", TEMB, TIMESTEP_PROJ, CONTEXT, ROPE_COS, ROPE_SIN))
         self._tail = Segment("tail", WanTail(model, latent), ("h", TEMB), ("out",))
 
-    def head(self) -> Segment:
-        return self._head
-
-    def blocks(self, start: int, end: int) -> Segment:
-        check_block_range(start, end, self.num_blocks)
-        return Segment(block_name(start, end), WanBlocks(self.model, start, end),
-                       ("h", TIMESTEP_PROJ, CONTEXT, ROPE_COS, ROPE_SIN), ("h",), start, end)
-
-    def tail(self) -> Segment:
-        return self._tail
-
     @property
     def tokens(self) -> int:
         patch = self.spec.config["patch_size"]
         return math.prod(s // int(p) for s, p in zip(self.spec.latent_shape[1:], patch))
-
-    def hidden_shape(self, batch: int) -> tuple[int, ...]:
-        return (batch, self.tokens, self.spec.hidden_size)
-
-    def channel_shape(self) -> tuple[int, ...]:
-        return (self.spec.hidden_size,)
 
     def block_modules(self) -> list[nn.Module]:
         """The transformer blocks (diffusers calls them ``blocks``), whose outputs are the hidden state."""
