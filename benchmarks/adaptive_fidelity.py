@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -119,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
               "guidance": GUIDANCE,
               "sampler": SAMPLER, "images": args.images, "calibration": "classes 0..9 x seeds 0, 1",
               "max_consecutive": args.max_consecutive, "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "seconds": time.perf_counter() - start, "rows": rows}
+              "torch": torch.__version__, "seconds": time.perf_counter() - start, "rows": rows,
+              "command": "python -m ditcache.benchmarks.adaptive_fidelity "
+                         + shlex.join(sys.argv[1:] if argv is None else argv)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "adaptive_fidelity.json", result)
     lines = [f"# Adaptive vs static block cache on {spec.name} ({args.images} images, {steps} {SAMPLER} steps, "
-             f"guidance {GUIDANCE}; eager CPU, MACs counted)", "",
+             f"guidance {GUIDANCE}; eager CPU, MACs counted)", "", f"Command: `{result['command']}`", "",
              "| target | method | threshold | speedup (mean, min-max) | PSNR mean dB | PSNR p10 dB |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:

@@ -23,3 +23,4 @@ def test_adaptive_fidelity_smoke(tmp_path):
             continue
         assert row["speedup_min"] <= row["speedup"] <= row["speedup_max"] and row["psnr_mean_db"] > 0
     assert result["random_weights"] and "| 1.2 |" in (out / "adaptive_fidelity.md").read_text()
+    assert result["command"].startswith("python -m ditcache.benchmarks.adaptive_fidelity --out")
