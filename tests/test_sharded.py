@@ -20,6 +20,7 @@ from ditcache.generate import generate as generate_run
 from ditcache.benchmarks import eval_quality
 from ditcache.compiler.runtime.seeds import sample_seed
 from ditcache.generate.chunks import assign, chunk_range
+from ditcache.generate.distributed import Dist
 from ditcache.cli import build_parser, main
 from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
 from ditcache.compiler.runtime.sampling import SampleRequest
@@ -164,6 +165,25 @@ def test_corrupt_shards_and_tmp_files_are_recomputed(fmnist_weights, fmnist_refe
     again = generate([*fmnist_args(fmnist_weights), "--out", str(out)])
     assert again["chunks_computed"] == 0 and again["chunks_reused"] == 6
     assert Path(again["output"]).read_bytes() == fmnist_reference.read_bytes()
+
+
+def test_a_torchrun_rank_ends_without_teardown_and_keeps_its_output(tmp_path, monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) ``generate`` ends the rank with os._exit after flushing (gloo's teardown
+    aborts finished jobs); a plain process and the other subcommands return normally."""
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    bad = ["generate", *TINY, "--out", str(tmp_path), "--classes", "1000"]  # fails after the model is loaded
+    assert main(bad) == 2 and exits == []  # a plain process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr("ditcache.generate.job.setup_distributed", lambda device: Dist(device="cpu"))
+    main(bad)
+    assert exits == [2]
+    main(["show-plan", "--model", "dit-tiny", "--steps", "4"])
+    assert exits == [2]  # only generate joins a process group
 
 
 def test_crash_flag_is_hidden():

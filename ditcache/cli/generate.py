@@ -77,4 +77,4 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="many samples, sharded over torchrun ranks, resumable, as one .npz",
                        epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_generate_args(p)
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=cmd_generate, exit_without_teardown=True)  # see cli.main: gloo's teardown
