@@ -111,6 +111,8 @@ SCHEDULES: dict[str, tuple[str, dict[str, Any] | str]] = {
     "blockcache-1.8x": ("block-cache", f"{CALIBRATED}/blockcache-1.8x.yaml"),
     "blockcache-1.55x-cf": ("block-cache + closed-form s/s", f"{CALIBRATED}/blockcache-1.55x-closed-form.yaml"),
     "blockcache-1.8x-cf": ("block-cache + closed-form s/s", f"{CALIBRATED}/blockcache-1.8x-closed-form.yaml"),
+    "blockcache-2.2x": ("block-cache", f"{CALIBRATED}/blockcache-2.2x.yaml"),
+    "blockcache-2.2x-cf": ("block-cache + closed-form s/s", f"{CALIBRATED}/blockcache-2.2x-closed-form.yaml"),
     "blockcache-1.55x-tr": ("block-cache + trained s/s", f"{CALIBRATED}/blockcache-1.55x-trained.yaml"),
     "blockcache-1.8x-tr": ("block-cache + trained s/s", f"{CALIBRATED}/blockcache-1.8x-trained.yaml"),
     "delta-N2-Nc8-output": ("output-cache", _delta(2, 8, "output")),  # = schedules/fmnist-output-cache-20.yaml

@@ -60,6 +60,8 @@ import numpy as np
 from ditcache.compiler.atomic import atomic_path
 
 from ditcache.benchmarks.plots import pyplot
+from ditcache.benchmarks.train_state import (LR_SCHEDULES, LRRule, default_state_file, keep_snapshot,
+                                              load_state, save_state)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -364,10 +366,16 @@ def train(args) -> None:
 
     model = build_model(args.arch).train()
     start_step, resumed_from = 0, None
+    state = load_state(args.state_file) if args.resume else None
     if args.continue_from_ema:
         start_step, resumed_from = load_ema_checkpoint(model, args.out_dir)
         print(f"continuing from the EMA weights of step {start_step} in {args.out_dir} "
               "(fresh optimizer, warm-up again)", flush=True)
+    if state is not None:  # the saved rule, so a resumed run decays exactly as the uninterrupted one
+        lr_rule = LRRule(**state["lr_rule"])
+        resumed_from = state["extra"].get("continued_from")
+    else:
+        lr_rule = LRRule(args.lr, args.warmup_steps, args.lr_schedule, args.lr_min, start_step, args.max_steps)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -376,6 +384,10 @@ def train(args) -> None:
     sqrt_acp, sqrt_1macp = acp.sqrt(), (1 - acp).sqrt()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             betas=(0.9, 0.999))
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
     n_params = sum(p.numel() for p in model.parameters())
 
     results = Path(args.results_dir)
@@ -409,8 +421,9 @@ def train(args) -> None:
             model_config=model_config(args.arch),
             weights="EMA",
             ema_decay=args.ema_decay,
-            optimizer=dict(name="AdamW", lr=args.lr, warmup_steps=args.warmup_steps,
-                           weight_decay=args.weight_decay, betas=[0.9, 0.999],
+            optimizer=dict(name="AdamW", lr=lr_rule.lr, warmup_steps=lr_rule.warmup_steps,
+                           lr_schedule=lr_rule.schedule, lr_min=lr_rule.lr_min, decay_from_step=lr_rule.start_step,
+                           decay_to_step=lr_rule.end_step, weight_decay=args.weight_decay, betas=[0.9, 0.999],
                            grad_clip=args.grad_clip),
             batch_size=args.batch_size,
             bf16_autocast=bool(args.bf16),
@@ -431,6 +444,18 @@ def train(args) -> None:
     pos = 0
     step = start_step
     ema_loss = None
+    if state is not None:
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        perm, pos, step = state["perm"], state["pos"], state["step"]
+        ema_loss = state["extra"].get("ema_loss")
+        print(f"resuming step {step} from {args.state_file} (lr rule {lr_rule})", flush=True)
+
+    def save_all(step_now: int, loss_now: float, ema_loss_now) -> None:
+        info = meta(step_now, loss_now, ema_loss_now)
+        save_checkpoint(ema, sched, args.out_dir, info)
+        save_state(args.state_file, model, ema, opt, gen, perm, pos, step_now, lr_rule, info)
+        keep_snapshot(args.out_dir, args.history_dir, step_now)
     acc, acc_n = 0.0, 0
     t_last = time.time()
     step_time = None
@@ -441,7 +466,18 @@ def train(args) -> None:
     # other count for a few steps every --probe-every steps, and keep the faster one.
     est_by_threads = {1: None, 2: None}
     probe_left, probe_times, base_threads = 0, [], cur_threads
-    while step < args.max_steps:
+    stop_at = min(args.max_steps, args.stop_at_step or args.max_steps)
+    if state is not None and not new_csv:  # rows logged after the saved state are redone: drop them
+        csv_f.close()
+        rows = list(csv.reader(open(csv_path)))
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+        with open(csv_path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        csv_f = open(csv_path, "a", newline="")
+        writer = csv.writer(csv_f)
+    while step < stop_at:
+        if stop_at < args.max_steps and step + 1 == stop_at:
+            stop_reason = "stop-at-step"
         if auto_threads and step > 0:
             if probe_left == 0 and step % args.probe_every == 0:
                 base_threads, cur_threads = cur_threads, 3 - cur_threads
@@ -463,7 +499,7 @@ def train(args) -> None:
         noise = torch.randn(x0.shape, generator=gen)
         xt = sqrt_acp[t].view(-1, 1, 1, 1) * x0 + sqrt_1macp[t].view(-1, 1, 1, 1) * noise
 
-        lr = args.lr * min(1.0, (step - start_step + 1) / max(1, args.warmup_steps))
+        lr = lr_rule.at(step)
         for group in opt.param_groups:
             group["lr"] = lr
         if args.arch == "unet":  # DiT's LabelEmbedding drops labels itself in train mode; nn.Embedding does not
@@ -522,11 +558,11 @@ def train(args) -> None:
             acc, acc_n = 0.0, 0
             t_last = time.time()
         if args.ckpt_every and step % args.ckpt_every == 0:
-            save_checkpoint(ema, sched, args.out_dir, meta(step, last_logged, ema_loss))
+            save_all(step, last_logged, ema_loss)
             plot_losses(csv_path, results / "loss_curve.png", TITLES[args.arch])
             print(f"checkpoint step {step} -> {args.out_dir}", flush=True)
 
-    save_checkpoint(ema, sched, args.out_dir, meta(step, last_logged, ema_loss))
+    save_all(step, last_logged, ema_loss)
     csv_f.close()
     plot_losses(csv_path, results / "loss_curve.png", TITLES[args.arch])
     print(f"done: stop={stop_reason} step={step} wall={time.time() - t_start:.0f}s "
@@ -553,7 +589,16 @@ def main(argv=None):
     p.add_argument("--continue-from-ema", action="store_true",
                    help="start from the EMA weights and step count of the checkpoint in --out-dir "
                         "(the optimizer state is not saved: AdamW restarts, with warm-up)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from --state-file (weights, EMA, optimizer, data order, lr rule)")
+    p.add_argument("--state-file", help="the resume file (default: .<weights folder>.train-state.pt beside it)")
+    p.add_argument("--history-dir", help="keep a copy of every checkpoint's weights here (for the FID curve)")
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                   help="after the warm-up: constant, or cosine decay to --lr-min at --max-steps")
+    p.add_argument("--lr-min", type=float, default=0.0)
     p.add_argument("--max-steps", type=int, default=20000)
+    p.add_argument("--stop-at-step", type=int, default=None,
+                   help="save and stop at this step (the lr rule still runs to --max-steps; go on with --resume)")
     p.add_argument("--deadline", default=None,
                    help="wall-clock stop time, 'HH:MM' (UTC) or ISO datetime; saves and exits before it")
     p.add_argument("--deadline-margin", type=float, default=30.0,
@@ -585,6 +630,9 @@ def main(argv=None):
     out_dir, results_dir = default_dirs(args.arch)
     args.out_dir = args.out_dir or out_dir
     args.results_dir = args.results_dir or results_dir
+    args.state_file = args.state_file or str(default_state_file(args.out_dir))
+    if args.resume and args.continue_from_ema:
+        p.error("--resume continues a run exactly; --continue-from-ema starts a new one from its weights: pick one")
     if args.update_readme:
         print(update_readme(args.out_dir, args.results_dir))
         return
