@@ -374,7 +374,14 @@ def train(args) -> None:
     if state is not None:  # the saved rule, so a resumed run decays exactly as the uninterrupted one
         lr_rule = LRRule(**state["lr_rule"])
         resumed_from = state["extra"].get("continued_from")
+        retargets = list(state["extra"].get("lr_retargeted") or [])
+        if args.retarget_decay and args.max_steps != lr_rule.end_step:  # a shorter (or longer) budget than planned
+            retargets.append({"at_step": state["step"], "from_end_step": lr_rule.end_step, "to_end_step": args.max_steps})
+            lr_rule = LRRule(lr_rule.lr, lr_rule.warmup_steps, lr_rule.schedule, lr_rule.lr_min, lr_rule.start_step,
+                             args.max_steps)
     else:
+        retargets = []
+    if state is None:
         lr_rule = LRRule(args.lr, args.warmup_steps, args.lr_schedule, args.lr_min, start_step, args.max_steps)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -435,6 +442,7 @@ def train(args) -> None:
             saved_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             command=command,
             continued_from=resumed_from,
+            lr_retargeted=retargets,
             machine="2-core CPU (AMD EPYC, avx512_bf16), shared with other jobs; torch threads: "
                     + ("adaptive 1/2" if auto_threads else str(args.threads)),
         )
@@ -591,6 +599,8 @@ def main(argv=None):
                         "(the optimizer state is not saved: AdamW restarts, with warm-up)")
     p.add_argument("--resume", action="store_true",
                    help="continue exactly from --state-file (weights, EMA, optimizer, data order, lr rule)")
+    p.add_argument("--retarget-decay", action="store_true",
+                   help="with --resume: end the lr decay at this run's --max-steps instead of the saved one")
     p.add_argument("--state-file", help="the resume file (default: .<weights folder>.train-state.pt beside it)")
     p.add_argument("--history-dir", help="keep a copy of every checkpoint's weights here (for the FID curve)")
     p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,

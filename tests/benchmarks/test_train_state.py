@@ -95,3 +95,14 @@ def test_resume_without_a_state_says_how_to_start(tmp_path):
     done = subprocess.run([sys.executable, str(TRAINER), "--resume", "--out-dir", str(tmp_path / "w"),
                            "--results-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "no training state" in done.stderr and "without --resume" in done.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not FMNIST_DIR.is_dir(),
+                    reason="Fashion-MNIST idx files not installed (apt-get install dataset-fashion-mnist)")
+def test_a_resumed_run_can_end_its_decay_earlier_and_says_so(tmp_path):
+    _train(tmp_path, "short", "--stop-at-step", "3")
+    _train(tmp_path, "short", "--resume", "--retarget-decay", "--max-steps", "5")
+    meta = json.loads((tmp_path / "short" / "w" / "training.json").read_text())
+    assert meta["step"] == 5 and meta["optimizer"]["decay_to_step"] == 5
+    assert meta["lr_retargeted"] == [{"at_step": 3, "from_end_step": 6, "to_end_step": 5}]
