@@ -7,7 +7,8 @@ from torch import nn
 
 from ditcache.graphs.adaptive import is_adaptive
 from ditcache.graphs.plan import Plan, Variant
-from ditcache.graphs.segments import DenoiserParts, Segment, channel_shape_at, hidden_shape_at
+from ditcache.graphs.segments import DenoiserParts, Segment, hidden_shape_at
+from ditcache.graphs.streams import correction_shape_at
 from ditcache.graphs.variants import (
     VariantModule,
     build_segments,
@@ -83,8 +84,9 @@ def variant_graph(parts: DenoiserParts, plan: Plan, variant: Variant, batch: int
     for n in variant.replay:
         block = plan.range(n).start  # a range's cache and correction take the shapes of its blocks' features
         values[cache_input_name(n)] = torch.randn(hidden_shape_at(parts, batch, block), generator=gen).to(dtype)
-        values[scale_name(n)] = (1 + 0.1 * torch.randn(channel_shape_at(parts, block), generator=gen)).to(dtype)
-        values[shift_name(n)] = (0.1 * torch.randn(channel_shape_at(parts, block), generator=gen)).to(dtype)
+        table = correction_shape_at(parts, block)  # (D,), (C, 1, 1), or per stream (2, D)
+        values[scale_name(n)] = (1 + 0.1 * torch.randn(table, generator=gen)).to(dtype)
+        values[shift_name(n)] = (0.1 * torch.randn(table, generator=gen)).to(dtype)
     example = tuple(values[n] for n in module.input_names)
     return _spec(f"variant.{variant.name}", module, module.input_names, module.output_names, example, parts)
 

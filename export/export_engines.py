@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,14 +11,17 @@ from typing import Any, Callable
 import torch
 
 from importlib.metadata import version as _package_version
+from ditcache.compiler.atomic import atomic_path
 from ditcache.compiler.backend import BuildSettings, GraphSpec, get_backend, require
 from ditcache.compiler.graph_specs import plan_graphs
 from ditcache.graphs import parts_for
 from ditcache.graphs.adaptive import is_adaptive
+from ditcache.graphs.corrections import layout_metadata, load_corrections, range_correction_shapes, read_corrections
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.planning import plan_for
 from ditcache.graphs.registry import at_resolution, get_spec
 from ditcache.graphs.schedule import load_schedule
+from ditcache.graphs.streams import streams_of
 from ditcache.graphs.weights import load_model, sha256_file
 
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, ArtifactRecord, Manifest
@@ -194,8 +196,10 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
     corrections = None
     if plan.corrected:
         target = out / "corrections.safetensors"
-        shutil.copyfile(plan.corrections, target)
-        corrections = {"file": target.name, "sha256": sha256_file(target)}
+        write_corrections(plan, reference_parts, target)
+        streams = streams_of(reference_parts)
+        corrections = {"file": target.name, "sha256": sha256_file(target),
+                       "streams": streams.to_dict() if streams is not None else None}
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         ditcache_version=DITCACHE_VERSION,
@@ -219,6 +223,19 @@ def export_engines(request: ExportRequest, log: Callable[[str], None] = print, p
     removed = remove_stale(out, keep) + remove_stale_weights(out, manifest.weights)
     manifest.write(out)
     return ExportReport(out, manifest, reports, removed, time.perf_counter() - start)
+
+
+def write_corrections(plan: Plan, parts, target: Path) -> None:
+    """The plan's scale/shift file, checked against the model, as the directory's copy: in the model's layout (an
+    older per-channel file of a [text; image] model broadcast to its streams), its metadata saying so."""
+    from safetensors.torch import save_file
+
+    streams = streams_of(parts)
+    checked = load_corrections(plan.corrections, plan, range_correction_shapes(parts, plan), streams)
+    _, metadata = read_corrections(plan.corrections)
+    with atomic_path(target) as tmp:
+        save_file({k: v.contiguous() for k, v in checked.items()}, str(tmp),
+                  metadata={**metadata, **layout_metadata(streams)})
 
 
 def _variant_graphs(plan: Plan, granularity: str, graphs: list[GraphSpec]) -> dict[str, list[str]]:

@@ -20,6 +20,7 @@ from ditcache.graphs.plan import Plan
 from ditcache.graphs.planning import plan_for
 from ditcache.graphs.registry import ModelSpec, at_resolution, get_spec
 from ditcache.graphs.schedule import Schedule
+from ditcache.graphs.streams import Streams
 from ditcache.graphs.variants import build_segments
 from ditcache.graphs.weights import load_model
 
@@ -154,8 +155,10 @@ def load_engines(directory: str | Path, *, weights: str | None = None, device: s
     segments = None
     if manifest.granularity == "segment":
         segments = build_segments(parts, plan) if parts is not None else _segment_stubs(plan, graphs)
+    recorded_streams = (manifest.corrections or {}).get("streams")  # the host's per-stream expansion (segments)
     dispatcher = build_dispatcher(plan, parts=parts, flats=flats, graphs=graphs, granularity=manifest.granularity,
-                                  segments=segments, batch=manifest.batch["model_batch"])
+                                  segments=segments, batch=manifest.batch["model_batch"],
+                                  streams=Streams.from_dict(recorded_streams) if recorded_streams else None)
     return LoadedEngines(directory, manifest, spec, plan, dispatcher)
 
 

@@ -72,7 +72,9 @@ class Manifest:
     backend: dict[str, Any]  # name, settings, versions
     variants: dict[str, list[str]]  # variant -> graphs it runs (one, or the segment chain)
     artifacts: dict[str, ArtifactRecord]
-    corrections: dict[str, str] | None = None  # {"file": relative path, "sha256": ...} for corrected plans
+    # corrected plans: {"file": relative path, "sha256": ..., "streams": the hidden state's token streams
+    # ({"names", "tokens"}) when the scale/shift has a row per stream, else None (graphs/streams.py)}
+    corrections: dict[str, Any] | None = None
     weights: WeightsLayout | None = None  # shared weights (backends whose graphs keep none of their own)
 
     def to_json(self) -> str:

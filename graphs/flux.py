@@ -7,7 +7,8 @@ their concatenation [text; image]. ditcache carries the concatenation as its one
 and joins the streams again; a single-stream segment hands diffusers' blocks the two views, which join them
 themselves. So the blocks are one chain of 19 + 38 = 57, numbered dual first; a cached offset (or output) of
 any range covers both streams, and a range may span the dual/single boundary (Δ-DiT's front range on FLUX.1
-starts with dual-stream blocks, its back range ends with single-stream ones).
+starts with dual-stream blocks, its back range ends with single-stream ones). Block caching's scale/shift has a
+text row and an image row per range and step (``streams()``, graphs/streams.py).
 
 **Head.** Packed-latent and text embeddings, the timestep (+ guidance) + pooled-text embedding ``temb``
 (B, D), and the rotary table of the joined sequence. The pipeline divides the scheduler's timestep by 1000,
@@ -34,6 +35,7 @@ from .flow_spec import FlowModelSpec, FlowSampling, resize_latents
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
 from .segments import PatchTokenParts, Segment
+from .streams import TextImageStreams
 
 TEMB = "temb"  # (B, D): timestep (+ guidance) + pooled-text embedding, modulates every block and the tail
 ROPE_COS, ROPE_SIN = "rope_cos", "rope_sin"  # (L + T, head_dim): rotary table of the joined sequence
@@ -110,7 +112,7 @@ class FluxTail(nn.Module):
         return self.proj_out(self.norm_out(image, temb))  # (B, T, 4C)
 
 
-class FluxParts(PatchTokenParts):
+class FluxParts(TextImageStreams, PatchTokenParts):
     """The FLUX.1 decomposition: ``tail(blocks[0:Nb](head(x, t, text, pooled[, guidance])), temb) == model(...)``.
 
     Inputs: ``x`` (B, T, 4C) packed latents, ``timestep`` (B,) = t / 1000, ``encoder_hidden_states`` (B, L, 4096)

@@ -9,7 +9,8 @@ equal (caption_projection_dim == D in every SD3 / 3.5 size; checked).
 **The last block.** SD3's last joint block is ``context_pre_only``: it reads the text stream but returns none
 (only the image stream feeds the tail). Its segment carries the text part of ``h`` through unchanged, so a
 cached range that ends there records a zero text offset and the image offset; nothing downstream reads the
-text part, and replaying a range that ends there is exact for it.
+text part, and replaying a range that ends there is exact for it — so is the text row of its per-stream
+scale/shift (``streams()``, graphs/streams.py), which changes no output.
 
 **Head.** Patch embedding with the cropped sin-cos table, the timestep + pooled-text embedding ``temb`` (B, D),
 and the projected text tokens. **Tail.** Final adaptive norm of the image tokens, projection, unpatchify.
@@ -28,6 +29,7 @@ from .flow_spec import FlowModelSpec, FlowSampling, resize_latents, unpacked_cal
 from .macs import TIME_FREQ_DIM, SegmentCosts
 from .model_spec import ModelSpec
 from .segments import PatchTokenParts, Segment
+from .streams import TextImageStreams
 
 TEMB = "temb"  # (B, D): timestep + pooled-text embedding, modulates every block and the tail
 TEXT_INPUTS = ("encoder_hidden_states", "pooled_projections")
@@ -89,7 +91,7 @@ class SD3Tail(nn.Module):
         return image.reshape(batch, c, rows * p, cols * p)  # (B, C, H, W)
 
 
-class SD3Parts(PatchTokenParts):
+class SD3Parts(TextImageStreams, PatchTokenParts):
     """The SD3 decomposition: ``tail(blocks[0:Nb](head(x, t, text, pooled)), temb) == model(x, ...)``.
 
     Inputs: ``x`` (B, 16, H, W) latents, ``timestep`` (B,) in [0, 1000], ``encoder_hidden_states`` (B, L, 4096)

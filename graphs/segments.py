@@ -100,8 +100,10 @@ class DenoiserParts(Protocol):
     segment that runs before block i on every step whatever is replayed (None where nothing does), and a
     ``block`` parameter of ``hidden_shape`` / ``channel_shape`` where the width changes from block to block
     (read them through :func:`hidden_shape_at` / :func:`channel_shape_at`), and ``block_modules()`` where the
-    blocks are not the model's ``transformer_blocks`` (:func:`block_modules`). Segments may read and write other
-    named values than the hidden state (skip features, embeddings), listed in their inputs and outputs.
+    blocks are not the model's ``transformer_blocks`` (:func:`block_modules`), and ``streams()`` where the hidden
+    state joins several token streams (FLUX, SD3: [text; image]): block caching's scale/shift then has a row per
+    stream (graphs/streams.py). Segments may read and write other named values than the hidden state (skip features,
+    embeddings), listed in their inputs and outputs.
     """
 
     num_blocks: int

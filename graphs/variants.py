@@ -14,6 +14,7 @@ from torch import nn
 
 from .plan import Plan, PlanError, Variant
 from .segments import DenoiserParts, Segment, block_name, hidden_shape_at, link_name, link_of
+from .streams import Streams, expand_correction, streams_of
 
 SegmentRunner = Callable[[str, tuple[torch.Tensor, ...]], torch.Tensor]
 # (range name, its input h, the replayed value, a function computing the range's true output) -> value to use
@@ -37,10 +38,13 @@ def shift_name(range_name: str) -> str:
 
 
 def replay(h: torch.Tensor, cached: torch.Tensor, mode: str,
-           scale: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
+           scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+           streams: Streams | None = None) -> torch.Tensor:
     """A replayed range's output: ``h + Δ`` (offset) or the recorded output (output), optionally
-    corrected per channel as ``scale * cached + shift``."""
+    corrected per channel as ``scale * cached + shift`` — per stream and channel where ``streams`` are given
+    (a (2, D) table's text row on the text tokens, its image row on the image tokens)."""
     if scale is not None:
+        scale, shift = expand_correction(scale, streams), expand_correction(shift, streams)  # (2, D) -> (L + T, D)
         cached = cached * scale + shift  # (B, T, D) * (D,) + (D,), or (B, C, H, W) * (C, 1, 1) + (C, 1, 1)
     return h + cached if mode == "offset" else cached
 
@@ -89,6 +93,7 @@ def run_variant(
     hidden: str = "h",
     on_replay: ReplayObserver | None = None,
     segment_outputs: Mapping[str, tuple[str, ...]] | None = None,
+    streams: Streams | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Execute one step's program.
 
@@ -104,6 +109,8 @@ def run_variant(
         segment_outputs: each segment's output names; needed when a segment returns several values (the
             hidden state and what later segments read: PixArt's caption tokens, a U-Net's skip features).
             Segments named ``link.<i>`` (U-Nets) run before block i whatever the step replays.
+        streams: the token streams of the hidden state (FLUX, SD3: text, image) when the corrections have a
+            row per stream (graphs/streams.py); None for per-channel corrections.
     Returns:
         the denoiser output and the newly recorded caches, keyed by range name.
     """
@@ -148,7 +155,7 @@ def run_variant(
             scale = shift = None
             if plan.corrected:
                 scale, shift = corrections[scale_name(r.name)], corrections[shift_name(r.name)]
-            replayed = replay(env[hidden], caches[r.name], plan.cache, scale, shift)
+            replayed = replay(env[hidden], caches[r.name], plan.cache, scale, shift, streams)
             if on_replay is not None:
                 replaced = on_replay(r.name, env[hidden], replayed, lambda r=r, h=env[hidden]: run_range(r.start, r.end, h))
                 replayed = replayed if replaced is None else replaced
@@ -193,6 +200,7 @@ class VariantModule(nn.Module):
         self.model_inputs = tuple(parts.input_names)
         self.input_names = variant_input_names(parts, plan, variant)
         self.output_names = variant_output_names(parts, variant)
+        self.streams = streams_of(parts)  # static: per-stream corrections are expanded inside the graph
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.input_names, args))
@@ -203,6 +211,7 @@ class VariantModule(nn.Module):
             self.plan, self.variant,
             lambda name, xs: self.segments[name.replace(".", "_")](*xs),
             self.segment_inputs, inputs, caches, corrections, self.hidden, segment_outputs=self.segment_outputs,
+            streams=self.streams,
         )
         return (out, *(recorded[n] for n in self.variant.record))
 

@@ -9,9 +9,10 @@ from typing import Sequence
 import torch
 
 from ditcache.graphs import parts_for
-from ditcache.graphs.corrections import identity_corrections, range_channel_shapes
+from ditcache.graphs.corrections import identity_corrections, range_correction_shapes
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.registry import ModelSpec
+from ditcache.graphs.streams import Streams, expand_correction, streams_of
 
 from ditcache.compiler.atomic import atomic_path
 from ditcache.compiler.runtime.build import build_dispatcher
@@ -40,10 +41,33 @@ def least_squares_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6,
     return scale.float().reshape(shape), shift.float().reshape(shape)
 
 
+def least_squares_affine_streams(x: torch.Tensor, y: torch.Tensor, streams: Streams, ridge: float = 1e-6,
+                                 shared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-stream, per-channel ``scale, shift`` (S, D) of (B, L + T, D) values whose tokens are ``streams``' (text,
+    then image): each row fitted on its stream's tokens alone, or, ``shared``, one (D,) fit over all tokens in
+    every row (the per-channel correction in the per-stream layout)."""
+    if shared:
+        scale, shift = least_squares_affine(x, y, ridge)  # (D,)
+        return scale.expand(streams.rows, -1).clone(), shift.expand(streams.rows, -1).clone()
+    fits = [least_squares_affine(xs, ys, ridge) for xs, ys in zip(streams.split(x, -2), streams.split(y, -2))]
+    return torch.stack([f[0] for f in fits]), torch.stack([f[1] for f in fits])  # (S, D) each
+
+
+def fit_affine(x: torch.Tensor, y: torch.Tensor, table_shape: tuple[int, ...], streams: Streams | None,
+               shared_streams: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least-squares scale/shift of a replayed range in its table's shape: per stream and channel where the
+    hidden state joins ``streams``, else per channel."""
+    if streams is None:
+        return least_squares_affine(x, y, channel_shape=table_shape)
+    return least_squares_affine_streams(x, y, streams, shared=shared_streams)
+
+
 @torch.no_grad()
 def fit_corrections(model: torch.nn.Module, spec: ModelSpec, plan: Plan, request: SampleRequest,
-                    progress: bool = False) -> dict[str, torch.Tensor]:
-    """Fit ``scale.<range>`` / ``shift.<range>`` (steps, D) for every replay of ``plan``.
+                    progress: bool = False, shared_streams: bool = False) -> dict[str, torch.Tensor]:
+    """Fit ``scale.<range>`` / ``shift.<range>`` (steps, D) for every replay of ``plan`` — (steps, 2, D) for the
+    [text; image] families, a text row fitted on the text tokens and an image row on the image tokens (with
+    ``shared_streams``, one fit over both in both rows: the per-channel correction, for comparison).
 
     All calibration images run as one batch; at each replay the range's true output is computed from the
     same input, the affine map from the replayed to the true value is fitted, and the *corrected* value
@@ -51,7 +75,8 @@ def fit_corrections(model: torch.nn.Module, spec: ModelSpec, plan: Plan, request
     Steps where a range is not replayed keep scale 1, shift 0.
     """
     parts = parts_for(model, spec)
-    widths = range_channel_shapes(parts, plan)  # (D,) for token sequences, (C, 1, 1) for U-Net feature maps
+    widths = range_correction_shapes(parts, plan)  # (D,) for token sequences, (C, 1, 1) for U-Nets, (2, D) per stream
+    streams = streams_of(parts)
     tensors = identity_corrections(plan, widths)
     state = {"dispatcher": None}
 
@@ -62,10 +87,10 @@ def fit_corrections(model: torch.nn.Module, spec: ModelSpec, plan: Plan, request
             x, y = replayed - h_in, true_out - h_in  # (B, T, D) cached Δ and the true one
         else:
             x, y = replayed, true_out
-        scale, shift = least_squares_affine(x, y, channel_shape=widths[name])
+        scale, shift = fit_affine(x, y, widths[name], streams, shared_streams)
         tensors[f"scale.{name}"][step] = scale
         tensors[f"shift.{name}"][step] = shift
-        corrected = x * scale + shift
+        corrected = x * expand_correction(scale, streams) + expand_correction(shift, streams)
         return h_in + corrected if plan.cache == "offset" else corrected
 
     uncorrected = replace(plan, corrected=False, corrections=None)

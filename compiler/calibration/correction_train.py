@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from ditcache.graphs import parts_for
-from ditcache.graphs.corrections import identity_corrections, range_channel_shapes
+from ditcache.graphs.corrections import identity_corrections, range_correction_shapes
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.registry import ModelSpec
 
 from ditcache.compiler.runtime.build import build_dispatcher
 from ditcache.compiler.runtime.dispatcher import Dispatcher
-from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sample
+from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, noise_prediction, sample
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,16 @@ class TrainingLog:
 
 def _run_epoch(dispatcher: Dispatcher, teacher, spec: ModelSpec, request: SampleRequest, learn: bool) -> float:
     """Sample once along the corrected trajectory, accumulating gradients; returns the mean replay-step loss."""
-    channels = spec.in_channels
     losses: list[float] = []
 
     def student(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         replays = bool(dispatcher.plan.steps[dispatcher.step].replay)
         with torch.no_grad():
-            target = teacher(inputs)[:, :channels] if replays else None  # (B, C, H, W) full model's noise
+            target = noise_prediction(teacher(inputs), spec) if replays else None  # the full model's prediction
         with torch.set_grad_enabled(learn and replays):
             out = dispatcher(inputs)
             if replays:
-                loss = torch.nn.functional.mse_loss(out[:, :channels].float(), target.float())
+                loss = torch.nn.functional.mse_loss(noise_prediction(out, spec).float(), target.float())
                 if learn:
                     loss.backward()
                 losses.append(float(loss.detach()))
@@ -84,7 +83,8 @@ def train_corrections(
         epochs: sampling runs, one Adam step each.
         lr: Adam learning rate.
     Returns:
-        the trained tensors (same keys and shapes as :func:`fit_corrections`) and the loss log.
+        the trained tensors (same keys and shapes as :func:`fit_corrections`: a row per stream for the [text; image]
+        families, expanded to their tokens inside the variants) and the loss log.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -92,10 +92,10 @@ def train_corrections(
         raise ValueError("the plan replays nothing: there is no scale/shift to train")
     parts = parts_for(model, spec)
     corrected = dataclasses.replace(plan, corrected=True)
-    start = init if init is not None else identity_corrections(plan, range_channel_shapes(parts, plan))
+    start = init if init is not None else identity_corrections(plan, range_correction_shapes(parts, plan))
     params = {k: v.detach().clone().float().requires_grad_(True) for k, v in start.items()}
     dispatcher = build_dispatcher(corrected, parts=parts, corrections=params, trainable=True)
-    teacher = model_denoiser(model)
+    teacher = model_denoiser(model, spec)  # FLUX: its txt_ids / img_ids
     optimizer = torch.optim.Adam(params.values(), lr=lr)
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)

@@ -9,6 +9,7 @@ import torch
 from ditcache.graphs.dtypes import dtype_of
 from ditcache.graphs.plan import Plan, Variant
 from ditcache.graphs.segments import Segment
+from ditcache.graphs.streams import Streams
 from ditcache.graphs.variants import cache_input_name
 
 from ditcache.compiler.backend import FlatFn, GraphSpec
@@ -39,8 +40,10 @@ def variant_fn(flat: FlatFn, graph: GraphSpec, variant: Variant) -> VariantFn:
 
 
 def segment_fns(plan: Plan, flats: Mapping[str, FlatFn], graphs: Mapping[str, GraphSpec],
-                segments: Mapping[str, Segment], hidden: str = "h") -> dict[str, VariantFn]:
-    """VariantFns chaining compiled segment graphs on the host (segment granularity)."""
+                segments: Mapping[str, Segment], hidden: str = "h",
+                streams: Streams | None = None) -> dict[str, VariantFn]:
+    """VariantFns chaining compiled segment graphs on the host (segment granularity; the replays, and the
+    expansion of per-``streams`` scale/shift, run here)."""
     callables = {}
     for name, seg in segments.items():
         graph, flat = graphs[f"segment.{name}"], flats[f"segment.{name}"]
@@ -50,7 +53,8 @@ def segment_fns(plan: Plan, flats: Mapping[str, FlatFn], graphs: Mapping[str, Gr
             return outs[0] if len(outs) == 1 else tuple(outs)  # a head may hand several values on
 
         callables[name] = _CallableSegment(seg, call)
-    return {v.name: _float_output(segment_variant_fn(plan, v, callables, hidden)) for v in plan.variants}
+    return {v.name: _float_output(segment_variant_fn(plan, v, callables, hidden, streams=streams))
+            for v in plan.variants}
 
 
 def _float_output(fn: VariantFn) -> VariantFn:

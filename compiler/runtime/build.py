@@ -10,9 +10,10 @@ from typing import Callable, Mapping
 import torch
 
 from ditcache.graphs.adaptive import AdaptivePlan, is_adaptive
-from ditcache.graphs.corrections import load_corrections, range_channel_shapes
+from ditcache.graphs.corrections import check_corrections, load_corrections, range_correction_shapes
 from ditcache.graphs.plan import Plan
 from ditcache.graphs.segments import DenoiserParts, Segment
+from ditcache.graphs.streams import Streams, streams_of
 from ditcache.graphs.variants import build_segments
 
 from ditcache.compiler.backend import GRANULARITIES, FlatFn, GraphSpec
@@ -38,6 +39,7 @@ def build_dispatcher(
     trainable: bool = False,
     sync: Callable[[], None] | None = None,
     batch: int | None = None,
+    streams: Streams | None = None,
 ) -> Dispatcher | AdaptiveDispatcher:
     """A Dispatcher running ``plan`` (an AdaptiveDispatcher for an adaptive plan: compiler.runtime.decider).
 
@@ -58,6 +60,8 @@ def build_dispatcher(
         sync: called before reading a clock when timing (``torch.cuda.synchronize``).
         batch: the loaded graphs' model batch (static shapes): a call of another batch runs in chunks of it
             (compiler.runtime.chunking), so no request is refused for its size.
+        streams: the hidden state's token streams when there are no ``parts`` (an engine directory's record): at
+            segment granularity the host expands per-stream scale/shift over them (default: the parts').
     """
     if is_adaptive(plan):  # the three programs; the decisions live in the AdaptiveDispatcher
         return _adaptive_dispatcher(plan, parts, flats, graphs, granularity, on_replay, trainable, sync, batch)
@@ -68,8 +72,10 @@ def build_dispatcher(
     else:
         if on_replay is not None or trainable:
             raise ValueError("on_replay and trainable need eager variants (no flats)")
+        streams = streams if streams is not None or parts is None else streams_of(parts)
         variants = compiled_variants(plan, flats, graphs or {}, granularity,
-                                     segments if segments is not None else _segments_of(parts, plan, granularity))
+                                     segments if segments is not None else _segments_of(parts, plan, granularity),
+                                     streams)
         if batch is not None:
             variants = {name: chunked(fn, batch) for name, fn in variants.items()}
     return Dispatcher(plan, variants, _corrections(plan, parts, corrections), sync)
@@ -89,15 +95,17 @@ def _adaptive_dispatcher(plan: AdaptivePlan, parts, flats, graphs, granularity: 
 
 
 def compiled_variants(plan: Plan, flats: Mapping[str, FlatFn], graphs: Mapping[str, GraphSpec], granularity: str,
-                      segments: Mapping[str, Segment] | None = None) -> dict[str, VariantFn]:
-    """One VariantFn per variant of ``plan`` from loaded graphs of either granularity."""
+                      segments: Mapping[str, Segment] | None = None,
+                      streams: Streams | None = None) -> dict[str, VariantFn]:
+    """One VariantFn per variant of ``plan`` from loaded graphs of either granularity (``streams``: see
+    :func:`build_dispatcher`; variant graphs expand per-stream scale/shift themselves)."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)} (got {granularity!r})")
     if granularity == "variant":
         return {v.name: variant_fn(flats[f"variant.{v.name}"], graphs[f"variant.{v.name}"], v) for v in plan.variants}
     if segments is None:
         raise ValueError("segment granularity needs the segments to chain (the model's parts or the directory's)")
-    return segment_fns(plan, flats, graphs, segments)
+    return segment_fns(plan, flats, graphs, segments, streams=streams)
 
 
 def _segments_of(parts: DenoiserParts | None, plan: Plan, granularity: str) -> Mapping[str, Segment] | None:
@@ -106,7 +114,9 @@ def _segments_of(parts: DenoiserParts | None, plan: Plan, granularity: str) -> M
 
 def _trainable_variants(parts: DenoiserParts, plan: Plan) -> dict[str, VariantFn]:
     segments = build_segments(parts, plan)
-    return {v.name: _detaching(segment_variant_fn(plan, v, segments, parts.hidden_name)) for v in plan.variants}
+    streams = streams_of(parts)
+    return {v.name: _detaching(segment_variant_fn(plan, v, segments, parts.hidden_name, streams=streams))
+            for v in plan.variants}
 
 
 def _detaching(fn: VariantFn) -> VariantFn:
@@ -119,13 +129,16 @@ def _detaching(fn: VariantFn) -> VariantFn:
 
 def _corrections(plan: Plan, parts: DenoiserParts | None,
                  given: Corrections | None) -> Mapping[str, torch.Tensor] | None:
-    """The scale/shift tensors of a corrected plan, checked against it (and the model's widths, with parts)."""
+    """The scale/shift tensors of a corrected plan, checked against it (and the model's table shapes, with parts:
+    a per-channel table of a [text; image] model is broadcast to its streams' rows, see graphs/corrections.py)."""
     if not plan.corrected:
         return None
+    shapes = range_correction_shapes(parts, plan) if parts is not None else None
+    streams = streams_of(parts) if parts is not None else None
     if given is not None and not isinstance(given, (str, os.PathLike)):
-        return given
+        return given if shapes is None else check_corrections(given, plan, shapes, streams)
     path = given if given is not None else plan.corrections
     if path is None:
         raise ValueError("the plan replays with scale/shift but names no corrections file; pass corrections or "
                          "plan a schedule with scale_shift")
-    return load_corrections(path, plan, range_channel_shapes(parts, plan) if parts is not None else None)
+    return load_corrections(path, plan, shapes, streams)

@@ -111,6 +111,14 @@ def validate_request(request: SampleRequest, spec: ModelSpec) -> None:
     request.conditioning(spec)
 
 
+def noise_prediction(out: torch.Tensor, spec) -> torch.Tensor:
+    """The denoiser's prediction in its output: learned-sigma channels dropped (DiT's (B, 2C, H, W) -> (B, C, H, W));
+    outputs with as many channels as the input (flow models' packed (B, T, C) tokens included) as they are."""
+    if spec.out_channels == spec.in_channels:
+        return out
+    return out[:, : spec.in_channels]
+
+
 @torch.no_grad()
 def sample(
     denoiser: Denoiser,
@@ -135,7 +143,6 @@ def sample(
     conditioning = request.conditioning(spec)
     cfg = request.uses_cfg(spec)
     scheduler = make_scheduler(request.scheduler, scheduler_config or spec.scheduler_config)
-    channels = spec.in_channels
     cond = conditioning.inputs(cfg, dtype, device)
     scheduler.set_timesteps(request.steps)
     generators = noise_generators(request)
@@ -153,7 +160,7 @@ def sample(
         model_in = scheduler.scale_model_input(model_in, t)
         t_batch = t.reshape(1).to(device=device, dtype=torch.float32).expand(model_in.shape[0])
         out = denoiser({"x": model_in.to(dtype), "timestep": t_batch, **cond})
-        eps = out[:, :channels].float()  # learned-sigma channels dropped
+        eps = noise_prediction(out, spec).float()
         if cfg:
             eps = conditioning.guide(eps, request.guidance_scale)
         latents = scheduler.step(eps, t, latents.float(), **step_kwargs).prev_sample.to(dtype)

@@ -145,8 +145,11 @@ def cmd_fit_correction(args: argparse.Namespace) -> int:
 
     from ditcache.compiler.atomic import write_atomic
     from ditcache.compiler.calibration.correction_fit import calibration_request, fit_corrections, save_corrections
+    from ditcache.graphs import parts_for
     from ditcache.graphs.configs import BlockCacheConfig
+    from ditcache.graphs.corrections import layout_metadata
     from ditcache.graphs.planning import plan_for
+    from ditcache.graphs.streams import streams_of
     from ditcache.graphs.registry import get_spec
     from ditcache.graphs.schedule import load_schedule
 
@@ -163,7 +166,8 @@ def cmd_fit_correction(args: argparse.Namespace) -> int:
         args.classes if args.classes is not None else range(min(10, spec.num_classes)))
     request = calibration_request(classes, args.seeds, schedule.steps, args.guidance, args.scheduler, embeddings)
     metadata = {"model": spec.name, "weights_sha256": info.sha256, "plan_hash": plan.hash(),
-                "sampler": args.scheduler, "guidance": str(args.guidance), "method": args.method}
+                "sampler": args.scheduler, "guidance": str(args.guidance), "method": args.method,
+                **layout_metadata(streams_of(parts_for(model, spec)))}  # per channel, or per stream (FLUX, SD3)
     tensors = None
     if args.method == "closed-form" or args.init == "closed-form":
         tensors = fit_corrections(model, spec, plan, request, progress=not args.quiet)

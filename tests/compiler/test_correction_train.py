@@ -80,3 +80,16 @@ def test_cli_trained_correction(tmp_path, capsys):
         main(["fit-correction", "--model", "dit-tiny", "--random-weights", "--schedule", str(tmp_path / "s.yaml"),
               "--method", "trained", "--epochs", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_the_trained_fit_compares_predictions_not_a_slice_of_tokens():
+    """DiT drops its learned-sigma channels; a flow model's packed (B, T, C) output is compared whole (slicing its
+    second axis to in_channels would keep the first C tokens: FLUX.1-dev's 4096 tokens cut to 64)."""
+    from ditcache.compiler.runtime.sampling import noise_prediction
+    from ditcache.graphs import get_spec
+
+    dit, flux = get_spec("dit-tiny"), get_spec("flux-tiny")
+    out = torch.randn(2, 2 * dit.in_channels, 8, 8)  # (B, 2C, H, W)
+    torch.testing.assert_close(noise_prediction(out, dit), out[:, : dit.in_channels])
+    packed = torch.randn(2, 3 * flux.in_channels, flux.in_channels)  # (B, T, C), T > C
+    assert noise_prediction(packed, flux) is packed

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from ditcache.cli import main
 from ditcache.compiler.runtime.runner import eager_dispatcher, sample_with_plan
@@ -32,24 +33,43 @@ ORT_RTOL = 1e-4  # fp32 compiled vs eager, relative to the latents' max abs
 
 @pytest.fixture(scope="session")
 def engines(tmp_path_factory):
-    """export(model, backend, schedule text) -> (directory, schedule path), each built once per session."""
+    """export(model, backend, schedule text[, granularity]) -> (directory, schedule path), each built once per
+    session; a schedule naming ``scale_shift: ss.safetensors`` gets the per-stream tables of :func:`stream_tables`."""
     built = {}
 
-    def get(model: str, backend: str, schedule: str):
-        key = (model, backend, schedule)
+    def get(model: str, backend: str, schedule: str, granularity: str | None = None):
+        key = (model, backend, schedule, granularity)
         if key not in built:
             root = tmp_path_factory.mktemp(f"{model}-{backend}")
             path = root / "schedule.yaml"
             path.write_text(schedule)
             spec = get_spec(model)
+            if "ss.safetensors" in schedule:
+                save_file(stream_tables(spec), str(root / "ss.safetensors"), metadata={"layout": "per-stream",
+                                                                                        "streams": "text,image"})
             export_engines(ExportRequest(model=model, schedule=path, out=root / "eng", backend=backend,
-                                         random_weights=True, batch_size=2,
+                                         random_weights=True, batch_size=2, granularity=granularity,
                                          guidance=spec.cfg_batch(GUIDANCE[model])),
                            log=lambda m: None, progress=False)
             built[key] = (root / "eng", path)
         return built[key]
 
     return get
+
+
+CORRECTED = (f"kind: block-cache\nsteps: {STEPS}\nrecompute: {{0: [0, 2], 1: [0, 3]}}\n"
+             f"scale_shift: ss.safetensors\n")  # SD3: blocks 0 and 1 of 3 replayed with per-stream scale/shift
+
+
+def stream_tables(spec) -> dict[str, torch.Tensor]:
+    """(steps, 2, D) scale/shift of blocks 0 and 1, text and image rows drawn apart."""
+    gen = torch.Generator().manual_seed(3)
+    spread = torch.tensor([0.3, 0.1])[None, :, None]
+    tables = {}
+    for i in (0, 1):
+        tables[f"scale.b{i}"] = 1 + spread * torch.randn(STEPS, 2, spec.hidden_size, generator=gen)
+        tables[f"shift.b{i}"] = spread * torch.randn(STEPS, 2, spec.hidden_size, generator=gen)
+    return tables
 
 
 def eager_latents(model_name: str, schedule_path: Path, prompts):
@@ -61,8 +81,8 @@ def eager_latents(model_name: str, schedule_path: Path, prompts):
     return [sample_with_plan(eager_dispatcher(model, spec, p), spec, request) for p in plans], request
 
 
-def check_engines(engines, model: str, backend: str, schedule: str, rtol: float):
-    directory, schedule_path = engines(model, backend, schedule)
+def check_engines(engines, model: str, backend: str, schedule: str, rtol: float, granularity: str | None = None):
+    directory, schedule_path = engines(model, backend, schedule, granularity)
     spec = get_spec(model)
     prompts = prompts_for(spec)
     (want, full), request = eager_latents(model, schedule_path, prompts)
@@ -71,9 +91,33 @@ def check_engines(engines, model: str, backend: str, schedule: str, rtol: float)
     got = sample_with_plan(loaded.dispatcher, loaded.spec, request)
     scale = want.abs().max()
     torch.testing.assert_close(got, want, rtol=0, atol=rtol * scale if rtol else 0)
-    if schedule == DELTA:
+    if schedule in (DELTA, CORRECTED):
         assert (got - full).abs().max() > 1e-3 * scale  # the engines really replay
     return loaded
+
+
+def check_per_stream_engines(engines, backend: str, granularity: str, rtol: float) -> None:
+    """SD3's per-stream corrected block caching: the engines equal the eager runtime, whose per-stream replay the
+    graphs tests hold against the reference, and a shared table (the image row in both) samples otherwise."""
+    loaded = check_engines(engines, "sd3-tiny", backend, CORRECTED, rtol, granularity)
+    record = loaded.manifest.corrections
+    assert record["streams"] == {"names": ["text", "image"], "tokens": [8, 16]}
+    if granularity == "variant":  # the graphs take the (2, D) tables and expand them inside
+        shapes = [t["shape"] for r in loaded.manifest.artifacts.values() for t in r.inputs
+                  if t["name"].startswith(("scale_", "shift_"))]
+        assert shapes and all(shape == [2, 32] for shape in shapes)
+    spec = get_spec("sd3-tiny")
+    request = SampleRequest((), STEPS, GUIDANCE["sd3-tiny"], 0, spec.sampler, prompts=prompts_for(spec))
+    tables = loaded.dispatcher.corrections
+    shared = {k: v[:, 1:].expand_as(v).contiguous() for k, v in tables.items()}
+    dispatcher = loaded.dispatcher.fresh()
+    dispatcher.corrections = shared
+    got, other = (sample_with_plan(d, loaded.spec, request) for d in (loaded.dispatcher, dispatcher))
+    assert (got - other).abs().max() > 1e-3 * got.abs().max()
+
+
+def test_eager_engines_with_per_stream_scale_shift(engines):
+    check_per_stream_engines(engines, "eager", "variant", 0.0)
 
 
 @pytest.mark.parametrize("model", sorted(GUIDANCE))
@@ -100,6 +144,13 @@ def test_compiled_runner_cli_on_flux_engines(engines, tmp_path):
 def test_onnxruntime_engines_sample_like_the_runtime(engines, model):
     pytest.importorskip("onnxruntime")
     check_engines(engines, model, "onnxruntime", DELTA, ORT_RTOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("granularity", ["variant", "segment"])  # segment: the host expands the recorded streams
+def test_onnxruntime_engines_with_per_stream_scale_shift(engines, granularity):
+    pytest.importorskip("onnxruntime")
+    check_per_stream_engines(engines, "onnxruntime", granularity, ORT_RTOL)
 
 
 @pytest.mark.slow

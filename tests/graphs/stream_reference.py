@@ -133,6 +133,13 @@ def block_cache_reference(model, chain, calls, num_blocks: int, recompute: dict[
     return outs, kept
 
 
+def per_token(table: torch.Tensor, text_length: int, tokens: int) -> torch.Tensor:
+    """A (2, D) per-stream row table as the (L + T, D) table of the joined tokens, written here with a mask of the
+    token positions (not the parts' slices): row 0 on the first ``text_length`` tokens, row 1 on the rest."""
+    is_text = (torch.arange(tokens) < text_length)[:, None]  # (L + T, 1)
+    return torch.where(is_text, table[0], table[1])  # (L + T, D)
+
+
 def chained(parts, inputs: dict, cuts: Sequence[int]) -> torch.Tensor:
     """ditcache's side: head, the block segments between ``cuts``, tail, values passed by name."""
     head = parts.head()
