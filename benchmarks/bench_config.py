@@ -36,6 +36,7 @@ Keys (unknown keys are rejected with the allowed ones listed)::
       - {backends: [eager], precisions: [fp32], schedules: [full-20, delta-20]}
       - {backends: [inductor], precisions: [bf16], schedules: [full-20], estimate_s: 120, note: "why"}
       - {backends: [onnxruntime], precisions: [fp32], schedules: [full-20], skip: "not run: <why>"}
+      - {peer: fbc, thresholds: [0.05, 0.12]}   # peers on the stock pipeline (benchmarks/bench_peers.py)
 
 Rows run in this order: put the ones that answer the question first, so that a time budget drops the rest.
 """
@@ -139,7 +140,8 @@ class RowSpec:
 
     Args:
         id: ``<backend>/<precision>/<schedule>``, unique.
-        kind: ``stock`` (diffusers DiTPipeline), ``ditcache-eager`` or ``compiled``.
+        kind: ``stock`` (diffusers DiTPipeline), ``ditcache-eager``, ``compiled`` or ``peer`` (a peer's cache on
+            the stock pipeline: ``peer`` holds its method and settings, benchmarks/bench_peers.py).
         skip: reason the row does not run (None: it runs).
     """
 
@@ -172,6 +174,7 @@ class RowSpec:
     images: int | None = None  # text-conditioned models: images per call (class models: one per label)
     embeddings: str | None = None  # text-conditioned models: prompt-embeddings file (None: synthetic)
     frames: int | None = None  # video models: frames per clip (None: the model's)
+    peer: dict[str, Any] | None = None  # peer rows: {method, threshold, compiled, ...} (bench_peers.parse_peer_group)
 
     @property
     def num_images(self) -> int:
@@ -189,7 +192,7 @@ class RowSpec:
     def key(self) -> str:
         """Hash of everything that changes the row's measurement (for --resume)."""
         data = {k: v for k, v in self.to_dict().items() if k not in ("skip", "estimate_s", "note")
-                and not (k in ("images", "embeddings", "frames") and v is None)}  # keys of class-model rows unchanged
+                and not (k in ("images", "embeddings", "frames", "peer") and v is None)}  # keys of class-model rows unchanged
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -340,6 +343,12 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
         where = f"{source}: matrix[{i}]"
         if not isinstance(group, Mapping):
             raise ConfigError(f"{where} must be a mapping")
+        if "peer" in group:
+            from .bench_peers import parse_peer_group
+
+            baseline_schedule = next(iter(cfg.baseline["schedules"]), None)
+            cfg.matrix.append(parse_peer_group(group, where, cfg.schedules, baseline_schedule, ConfigError))
+            continue
         _unknown(group, _GROUP_KEYS, where)
         g = {"backends": [str(b) for b in _list(group.get("backends"), f"{where}.backends")],
              "precisions": [str(p) for p in _list(group.get("precisions", ["fp32"]), f"{where}.precisions")],
@@ -367,8 +376,9 @@ def build_rows(cfg: BenchConfig) -> list[RowSpec]:
     rows: list[RowSpec] = []
     seen: set[str] = set()
 
-    def add(kind: str, backend: str, precision: str, schedule: str, skip: str | None, group: Mapping[str, Any]):
-        row_id = f"{backend}/{precision}/{schedule}"
+    def add(kind: str, backend: str, precision: str, schedule: str, skip: str | None, group: Mapping[str, Any],
+            peer: dict[str, Any] | None = None, label: str | None = None):
+        row_id = f"{label or backend}/{precision}/{schedule}"
         granularity = str(group.get("granularity") or cfg.granularity)
         if kind == "compiled" and granularity != cfg.granularity:
             row_id += f"@{granularity}"  # the same row at the other engine granularity
@@ -388,12 +398,20 @@ def build_rows(cfg: BenchConfig) -> list[RowSpec]:
             weights=cfg.weights, skip=str(skip) if skip else None,
             estimate_s=None if group.get("estimate_s") is None else float(group["estimate_s"]),
             note=group.get("note"), images=cfg.images if cfg.text else None, embeddings=cfg.embeddings,
-            frames=cfg.frames,
+            frames=cfg.frames, peer=peer,
         ))
 
     for s in cfg.baseline.get("schedules", []):
         add("stock", BACKEND_STOCK, cfg.baseline["precision"], s, cfg.baseline.get("skip"), cfg.baseline)
     for group in cfg.matrix:
+        if "peer" in group:
+            from .bench_peers import PEER_KIND, peer_backend, peer_label
+
+            for peer in group["rows"]:
+                settings = {k: v for k, v in peer.items() if k != "precision"}
+                add(PEER_KIND, peer_backend(peer), peer["precision"], group["schedule"], group.get("skip"), group,
+                    settings, peer_label(peer))
+            continue
         for backend in group["backends"]:
             kind = "ditcache-eager" if backend == EAGER else "compiled"
             for precision in group["precisions"]:

@@ -20,13 +20,13 @@ from ditcache.compiler.atomic import atomic_path, write_atomic
 COLUMNS = (
     "id", "status", "kind", "backend", "precision", "schedule", "schedule_kind", "steps", "images", "model_batch",
     "granularity", "repeats", "latency_median_s", "latency_min_s", "latency_max_s", "latency_iqr_s",
-    "per_step_median_ms", "build_s", "export_wall_s", "load_s", "setup_s", "warmup_s", "gmacs_per_image",
-    "mac_fraction", "theoretical_speedup", "speedup_vs_full", "speedup_vs_stock", "efficiency",
+    "per_step_median_ms", "build_s", "export_wall_s", "load_s", "setup_s", "warmup_s", "blocks_run", "blocks_full",
+    "gmacs_per_image", "mac_fraction", "theoretical_speedup", "speedup_vs_full", "speedup_vs_stock", "efficiency",
     "profile_speedup", "profile_efficiency", "peak_rss_bytes",
     "sampling_peak_rss_bytes", "weights_bytes", "rest_bytes", "cuda_peak_allocated_bytes", "artifact_bytes",
     "psnr_vs_full_db",
     "cosine_vs_full", "psnr_vs_stock_db", "cosine_vs_stock", "fidelity_space", "full_reference",
-    "stock_reference", "repeat_max_abs_diff", "notes",
+    "stock_reference", "repeat_max_abs_diff", "graph_breaks", "recompiles", "steady_recompiles", "notes",
 )
 
 
@@ -182,6 +182,11 @@ def derive(rows: list[dict[str, Any]], load_latents) -> None:
                         key=lambda o: o["precision"] != "fp32")
         stock = stocks[0] if stocks else None
         notes = r.setdefault("notes", [])
+        if r.get("peer") is not None:  # a peer on the stock pipeline: against the same pipeline uncached
+            from .bench_peers import reference
+
+            full, said = reference(r, list(ok.values()))
+            notes.extend([said] if said else [])
         if full is None and r["kind"] == "ditcache-eager":
             # ditcache's eager full schedule is DiTPipeline's computation (bit-identical for DDIM and DPM-Solver++,
             # tests/compiler/test_runtime.py): the stock row of the same precision stands in for it
@@ -194,7 +199,8 @@ def derive(rows: list[dict[str, Any]], load_latents) -> None:
         if full is not None:
             r["full_reference"] = full["id"]
             r["speedup_vs_full"] = full["latency_median_s"] / r["latency_median_s"]
-            r["efficiency"] = r["speedup_vs_full"] / r["theoretical_speedup"]
+            r["efficiency"] = (r["speedup_vs_full"] / r["theoretical_speedup"] if r.get("theoretical_speedup")
+                               else None)  # peers under torch.compile: blocks not counted
             if full is not r:
                 f = fidelity(load_latents(r), load_latents(full))
                 r["psnr_vs_full_db"], r["cosine_vs_full"] = f["psnr_db"], f["cosine"]
@@ -258,9 +264,9 @@ def _cell(text: str) -> str:
 
 
 MD_HEADER = ("row", "status", "steps", "latency s: median (min–max)", "build / load / warm-up s", "per-step ms",
-             "GMACs/img", "MAC frac.", "theor. ×", "× vs full", "× vs stock", "eff.", "eff. (own profile)",
-             "peak RSS GiB (weights + rest)", "artifacts MiB", "PSNR vs full dB", "cos vs full",
-             "PSNR vs stock dB")
+             "blocks run / full", "GMACs/img", "MAC frac.", "theor. ×", "× vs full", "× vs stock", "eff.",
+             "eff. (own profile)", "peak RSS GiB (weights + rest)", "artifacts MiB", "PSNR vs full dB", "cos vs full",
+             "PSNR vs stock dB", "dynamo breaks / recompiles (timed runs)")
 
 
 def markdown_grid(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
@@ -286,8 +292,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         if ok and r.get("cuda_peak_allocated_bytes"):
             memory += f"; GPU (torch) {_gib(r['cuda_peak_allocated_bytes'])}"
         artifacts = r.get("artifact_bytes")
+        blocks = (f"{r['blocks_run']:.4g} / {r['blocks_full']}" if r.get("blocks_run") is not None
+                  and r.get("blocks_full") else "–")
+        dynamo = (f"{r['graph_breaks']} / {r.get('recompiles')} ({r.get('steady_recompiles')})"
+                  if ok and r.get("graph_breaks") is not None else "–")
         cells = [
-            r["id"], r["status"], r["steps"], latency, times, per_step,
+            r["id"], r["status"], r["steps"], latency, times, per_step, blocks,
             _gmacs(r.get("gmacs_per_image")), _fmt(r.get("mac_fraction"), ".3f"),
             _fmt(r.get("theoretical_speedup"), ".2f"),
             _fmt(r.get("speedup_vs_full") if ok else None, ".2f"),
@@ -296,7 +306,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             _fmt(r.get("profile_efficiency") if ok else None, ".2f"), memory,
             "–" if not artifacts else f"{artifacts / 2**20:.1f}",
             _fmt(r.get("psnr_vs_full_db"), ".2f"), _fmt(r.get("cosine_vs_full"), ".6f"),
-            _fmt(r.get("psnr_vs_stock_db"), ".2f"),
+            _fmt(r.get("psnr_vs_stock_db"), ".2f"), dynamo,
         ]
         table.append(cells)
     return markdown_grid(MD_HEADER, table)
@@ -315,7 +325,8 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
         if full is not None and full is not best and full.get("speedup_vs_stock"):
             line += (f". Of the speedup, {full['speedup_vs_stock']:.2f}× comes from backend+precision "
                      f"(`{full['id']}` vs stock) and {best['speedup_vs_full']:.2f}× from caching "
-                     f"(theoretical {best['theoretical_speedup']:.2f}×, efficiency {best['efficiency']:.2f}); caching "
+                     f"(theoretical {_fmt(best.get('theoretical_speedup'))}×, efficiency "
+                     f"{_fmt(best.get('efficiency'))}); caching "
                      f"alone moves the latents to PSNR {_fmt(best.get('psnr_vs_full_db'), '.2f')} dB vs `{full['id']}`")
         lines.append(line + ".")
     return lines
@@ -349,6 +360,8 @@ def write_markdown(path: Path, document: Mapping[str, Any]) -> None:
         f"- **fidelity**: {document['fidelity_note']}",
         f"- **memory**: {document['memory_note']}",
     ]
+    if document.get("peers_note"):
+        lines.append(f"- **peers**: {document['peers_note']}")
     for warning in document.get("warnings", []):
         lines.append(f"- **WARNING**: {warning}")
     if c.get("description"):
@@ -364,7 +377,8 @@ def write_markdown(path: Path, document: Mapping[str, Any]) -> None:
     write_atomic(path, repo_relative("\n".join(lines)), mkdir=True)
 
 
-MARKERS = {"diffusers": "s", "eager": "o", "inductor": "^", "onnxruntime": "D", "tensorrt": "P"}
+MARKERS = {"diffusers": "s", "eager": "o", "inductor": "^", "onnxruntime": "D", "tensorrt": "P", "fbc": "X",
+           "dbcache": "*"}  # peers: by method, with or without +compile
 COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "bf16": "tab:green"}
 
 
@@ -375,14 +389,15 @@ def plot_speedup(path: Path, rows: list[dict[str, Any]], title: str) -> None:
         return
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    points = [r for r in rows if r["status"] == "ok" and r.get("speedup_vs_full") is not None]
+    points = [r for r in rows if r["status"] == "ok" and r.get("speedup_vs_full") is not None
+              and r.get("mac_fraction") is not None]
     low = min([r["mac_fraction"] for r in points] + [0.5])
     xs = [low * 0.95 + i * (1.02 - low * 0.95) / 100 for i in range(101)]
     ax.plot(xs, [1 / x for x in xs], "k--", lw=1, label="ideal (speedup = 1 / MAC fraction)")
     seen = set()
     for r in points:
         key = (r["backend"], r["precision"])
-        ax.scatter(r["mac_fraction"], r["speedup_vs_full"], marker=MARKERS.get(r["backend"], "x"),
+        ax.scatter(r["mac_fraction"], r["speedup_vs_full"], marker=MARKERS.get(r["backend"].split("+")[0], "v"),
                    color=COLORS.get(r["precision"], "gray"), s=60, edgecolor="black", linewidth=0.5,
                    label=f"{r['backend']} {r['precision']}" if key not in seen else None, zorder=3)
         seen.add(key)

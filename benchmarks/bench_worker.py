@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import sys
 import time
 import traceback
@@ -31,6 +30,7 @@ from torch import nn
 from ditcache.compiler.atomic import atomic_path, write_json_atomic
 
 from .bench_config import BACKEND_STOCK, RowSpec
+from .row_memory import peak_rss_since_reset, process_peak_rss, reset_peak_rss, rss_bytes  # noqa: F401 - re-exported
 
 
 def log(message: str) -> None:
@@ -40,42 +40,6 @@ def log(message: str) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write."""
     write_json_atomic(path, data, mkdir=True, indent=2, sort_keys=True, default=str)
-
-
-# ---- memory ---------------------------------------------------------------------------------------------
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def rss_bytes() -> int | None:
-    kib = _status_kib("VmRSS")
-    return None if kib is None else kib * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_since_reset() -> int | None:
-    kib = _status_kib("VmHWM")
-    return None if kib is None else kib * 1024
-
-
-def process_peak_rss() -> int:
-    """getrusage(RUSAGE_SELF).ru_maxrss in bytes (Linux reports KiB): the whole process's peak."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def parameter_count(weights: str | None) -> int | None:
@@ -165,6 +129,10 @@ class _Runner:
     def step_seconds(self) -> dict[str, list[float]]:
         return {}
 
+    def measurements(self) -> dict[str, Any]:
+        """Fields the row records besides the common ones (peer rows: counted blocks, dynamo's counters)."""
+        return {}
+
 
 def _sync(device: str) -> Callable[[], None] | None:
     return torch.cuda.synchronize if device.startswith("cuda") else None
@@ -207,6 +175,12 @@ class StockRunner(_Runner):
         self.stock = spec.family_record.stock
         self.pipe = self.stock.build(model, self.vae, scheduler)  # text encoders left out: prompts are embeddings
         self.pipe.set_progress_bar_config(disable=True)
+        self.notes = [f"stock diffusers {type(self.pipe).__name__}.__call__ with a stand-in VAE whose decode returns "
+                      f"the latents (decode excluded); per-step time = the transformer call"]
+        if self.prompts is not None and row.embeddings is None:
+            self.notes.append("synthetic prompt embeddings (random text-encoder-shaped tensors, 20 real tokens "
+                              "padded to the model's token count; no text encoder): timing only")
+        called = self.prepare(model)  # what the pipeline calls: the per-step timing hooks go there
         self._seconds: list[float] = []
         self._start = 0.0
         sync = _sync(row.device)
@@ -223,13 +197,12 @@ class StockRunner(_Runner):
                     sync()
                 self._seconds.append(time.perf_counter() - self._start)
 
-        model.register_forward_pre_hook(before, with_kwargs=True)
-        model.register_forward_hook(after, with_kwargs=True)
-        self.notes = [f"stock diffusers {type(self.pipe).__name__}.__call__ with a stand-in VAE whose decode returns "
-                      f"the latents (decode excluded); per-step time = the transformer call"]
-        if self.prompts is not None and row.embeddings is None:
-            self.notes.append("synthetic prompt embeddings (random text-encoder-shaped tensors, 20 real tokens "
-                              "padded to the model's token count; no text encoder): timing only")
+        called.register_forward_pre_hook(before, with_kwargs=True)
+        called.register_forward_hook(after, with_kwargs=True)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The module the pipeline calls (peer rows: the transformer with the peer, maybe compiled)."""
+        return model
 
     def _call(self, steps: int) -> torch.Tensor:
         """One pipeline call on the row's class labels or prompt embeddings; the final latents."""
@@ -413,8 +386,13 @@ def phase_run(job: dict) -> dict:
     result: dict[str, Any] = {"status": "ok", "threads": torch.get_num_threads()}
 
     start = time.perf_counter()
-    if row.backend == BACKEND_STOCK:
-        runner: _Runner = StockRunner(row, spec, schedule, dtype)
+    if row.peer is not None:
+        from .flow_peers import PeerRunner
+
+        runner: _Runner = PeerRunner(row, spec, schedule, dtype)
+        result["setup_s"] = time.perf_counter() - start
+    elif row.backend == BACKEND_STOCK:
+        runner = StockRunner(row, spec, schedule, dtype)
         result["setup_s"] = time.perf_counter() - start
     elif row.kind == "ditcache-eager":
         from ditcache.graphs.weights import load_model
@@ -472,6 +450,7 @@ def phase_run(job: dict) -> dict:
         steps = runner.step_seconds()
         log("step-timing run done")
     runner.timing = False
+    extra = runner.measurements()  # before the notes: it may add some
     result.update(
         runs_s=runs,
         step_seconds=steps,
@@ -481,6 +460,7 @@ def phase_run(job: dict) -> dict:
         weights_bytes=runner.weights_bytes,
         param_count=runner.param_count,
         notes=list(runner.notes),
+        **extra,
     )
     if not peak_reset:
         result["notes"].append("could not reset the peak-RSS mark: sampling peak not measured")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .bench_config import BenchConfig, ConfigError, RowSpec, build_rows, load_config
+from .bench_peers import PEERS_NOTE
 from .bench_report import (
     COLUMNS, derive, latency_stats, machine_info, markdown_table, plot_speedup, step_stats, write_csv, write_json,
     write_markdown,
@@ -107,6 +108,12 @@ def ensure_weights(cfg: BenchConfig, cache: Path, quiet: bool) -> tuple[str, str
 # ---- rows -------------------------------------------------------------------------------------------------
 def availability(row: RowSpec) -> str | None:
     """Why a row cannot run on this machine (None: it can)."""
+    if row.peer is not None:
+        from ditcache.graphs.registry import get_spec
+
+        from .bench_peers import unavailable
+
+        return unavailable(row.peer, get_spec(row.model).family_record.model_class)
     if row.kind == "stock" or row.kind == "ditcache-eager":
         if row.device == "cuda":
             import torch
@@ -137,6 +144,8 @@ def plan_numbers(cfg: BenchConfig, row: RowSpec) -> dict[str, Any]:
     costs = costs_for(spec, cfg.model_batch)
     theoretical = plan.theoretical_speedup(costs_for(spec))
     return {"schedule_kind": schedule.kind, "steps": schedule.steps,
+            "blocks_run": sum(plan.blocks_computed(s) for s in range(plan.num_steps)),
+            "blocks_full": plan.num_steps * plan.num_blocks,
             "gmacs_per_image": plan.total_macs(costs) / cfg.images / 1e9,
             "mac_fraction": 1 / theoretical, "theoretical_speedup": theoretical,
             "variants": [v.name for v in plan.variants]}
@@ -226,7 +235,17 @@ def assemble(cfg: BenchConfig, row: RowSpec, numbers: dict[str, Any], measured: 
         "fidelity_space": "latents", "notes": [r for r in [row.note] if r],
     })
     out.update({k: numbers[k] for k in ("schedule_kind", "steps", "gmacs_per_image", "mac_fraction",
-                                        "theoretical_speedup", "variants")})
+                                        "theoretical_speedup", "variants", "blocks_run", "blocks_full")})
+    if row.peer is not None:  # decided at run time: blocks and MACs are counted (eager rows), not planned
+        from .bench_peers import counted_numbers
+
+        out["peer"] = dict(row.peer)
+        if row.peer["method"] != "none":
+            out.update(dict.fromkeys(("gmacs_per_image", "mac_fraction", "theoretical_speedup", "blocks_run")))
+            out.update(counted_numbers(measured.get("counts")))
+            if measured.get("status", "ok") == "ok" and not measured.get("counts"):
+                out["notes"].append("blocks and MACs not counted under torch.compile (counting hooks would be traced "
+                                    "into the graphs): see the eager row of the same peer and threshold")
     if out["status"] != "ok":
         if measured.get("log"):
             out["notes"].append(f"log: {measured['log']}")
@@ -237,13 +256,17 @@ def assemble(cfg: BenchConfig, row: RowSpec, numbers: dict[str, Any], measured: 
     for k in ("build_s", "export_wall_s", "load_s", "setup_s", "warmup_s", "peak_rss_bytes",
               "sampling_peak_rss_bytes", "weights_bytes", "artifact_bytes", "repeat_max_abs_diff",
               "cuda_peak_allocated_bytes", "validation_max_abs", "validation_min_cosine", "build_peak_rss_bytes",
-              "param_count", "threads", "latents_file", "reused"):
+              "param_count", "threads", "latents_file", "reused", "graph_breaks", "graphs", "recompiles",
+              "steady_recompiles", "steady_graphs", "graph_break_reasons", "counts", "cache_dit_summary"):
         if k in measured:
             out[k] = measured[k]
     peak = measured.get("sampling_peak_rss_bytes") or measured.get("peak_rss_bytes")
     if peak and measured.get("weights_bytes"):
         out["rest_bytes"] = peak - measured["weights_bytes"]
     out["notes"].extend(measured.get("notes", []))
+    if measured.get("graph_break_reasons"):
+        out["notes"].append("graph breaks (dynamo's most frequent reasons): " + "; ".join(
+            measured["graph_break_reasons"][:3]))
     if row.backend == "inductor-jit":
         out["notes"].append("JIT backend: torch.compile runs at the first call of each graph, i.e. in the warm-up "
                             "(warmup_s), not in export (build_s)")
@@ -342,6 +365,7 @@ def write_outputs(cfg: BenchConfig, args, out_dir: Path, results: list[dict[str,
                           "the same prompt embeddings) unmodified, eager, built from the same transformer "
                           "weights and a compiler.sampling.make_scheduler scheduler, with a stand-in VAE whose "
                           "decode returns the latents (VAE decode excluded from every row)"),
+        "peers_note": PEERS_NOTE if any(r.get("peer") for r in rows) else None,
         "warnings": _warnings_for(context["warnings"], rows),
         "total_wall_s": time.perf_counter() - context["start"],
         "rows": rows,

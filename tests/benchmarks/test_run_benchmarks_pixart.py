@@ -49,6 +49,6 @@ def test_pixart_configs_parse_and_refuse_classes(tmp_path):
         parse_config({**base, "model": "dit-tiny", "embeddings": str(TINY)})
     dit_row = build_rows(parse_config({**base, "model": "dit-tiny"}))[0]
     old_fields = {k: v for k, v in dit_row.to_dict().items()
-                  if k not in ("skip", "estimate_s", "note", "images", "embeddings", "frames")}
+                  if k not in ("skip", "estimate_s", "note", "images", "embeddings", "frames", "peer")}
     old_key = hashlib.sha256(json.dumps(old_fields, sort_keys=True).encode()).hexdigest()[:16]
     assert dit_row.key() == old_key  # --resume still finds class-model rows measured before the text fields
