@@ -1,4 +1,4 @@
-"""ditcache's schedules next to diffusers' cache hooks and cache-dit, measured in one run on the same work.
+"""ditcache's schedules next to diffusers' cache hooks, cache-dit and SmoothCache, measured in one run on the same work.
 
 One command runs every row of a peers config (benchmarks/configs/peers-*.yaml) in its own processes
 (``peer_worker``: an eager phase with the quality samples, counted block calls and eager latency; a compile phase
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import shlex
@@ -37,9 +36,10 @@ from ditcache.graphs.schedule import read_yaml_document
 
 from .bench_config import ConfigError
 from .eval_quality import REPO_ROOT, SCHEDULES, machine_info, per_image_psnr, per_sample_cosine
-from .peers import CACHE_DIT_METHODS, FAMILIES, METHODS, cache_dit_unavailable
+from .peer_plot import plot_pareto
+from .peer_report import markdown
+from .peers import FAMILIES, METHODS, cache_dit_unavailable, peer_unavailable
 from .paths import repo_relative
-from .plots import pyplot
 
 _TOP = {"name", "description", "model", "weights", "random_weights", "steps", "scheduler", "guidance", "seed",
         "threads", "quality", "timing", "compile", "calibration", "row_timeout_s", "rows"}
@@ -87,6 +87,9 @@ def load_peers_config(path: str | Path) -> dict[str, Any]:
                 ref = str(REPO_ROOT / ref) if isinstance(ref, str) else ref
             elif isinstance(ref, str):
                 ref = str((path.parent / ref).resolve()) if not Path(ref).is_absolute() else ref
+                if _not_made_yet(ref):  # a calibrated schedule that its folder's make.sh writes: a skipped row
+                    row.update(schedule=ref, unavailable=_not_made_yet(ref))
+                    continue
             if ref is None:
                 raise ConfigError(f"{path}: ditcache row {row['name']!r} needs 'schedule'")
             schedule = load_schedule(ref) if isinstance(ref, str) else parse_schedule(dict(ref), source=row["name"])
@@ -104,6 +107,14 @@ def load_peers_config(path: str | Path) -> dict[str, Any]:
         if name not in names:
             raise ConfigError(f"{path}: compile.rows names {name!r}, which is not a row")
     return cfg
+
+
+def _not_made_yet(ref: str) -> str | None:
+    """Why the schedule file ``ref`` is missing when the ``make.sh`` beside it writes it (None otherwise)."""
+    maker = Path(ref).parent / "make.sh"
+    if Path(ref).is_file() or not maker.is_file() or Path(ref).name not in maker.read_text():
+        return None
+    return f"schedule {Path(ref).name} not made yet for these weights: bash {repo_relative(str(maker))}"
 
 
 def _weights(cfg: dict[str, Any], cache: Path, quiet: bool) -> str | None:
@@ -192,8 +203,9 @@ def run_row(cfg: dict[str, Any], row: dict[str, Any], weights: str | None, work:
                 _progress(f"[{row['name']}] {phase}: reusing {cached} (--resume)", args.quiet)
                 out[phase] = previous
                 continue
-        if row["method"] in CACHE_DIT_METHODS and cache_dit_unavailable():
-            out[phase] = {"status": f"skipped: {cache_dit_unavailable()}"}
+        reason = row.get("unavailable") or peer_unavailable(row["method"])  # cache-dit, SmoothCache, make.sh
+        if reason:
+            out[phase] = {"status": f"skipped: {reason}"}
             continue
         result = run_peer_worker(job, row_dir, cfg["row_timeout_s"], f"[{row['name']}]", args.quiet)
         result["key"] = key
@@ -262,6 +274,7 @@ def assemble(cfg: dict[str, Any], measured: dict[str, dict[str, Any]], quiet: bo
             "blocks_full_per_run": counts.get("blocks_full_per_run"), "gmacs_per_image": counts.get("gmacs_per_image"),
             "mac_speedup": 1 / counts["mac_fraction"] if counts.get("mac_fraction") else None,
             "blocks_per_step": counts.get("blocks_per_step_first_run"), "counts_source": counts.get("source"),
+            "blocks_run_each_run": counts.get("blocks_run_each_run"),
             "eager_median_s": eager.get("eager_median_s"), "eager_runs_s": eager.get("eager_runs_s"),
             "loadavg_1m": (eager.get("loadavg_timing") or eager.get("loadavg_start") or [None])[0],
             "compiled_median_s": None, "compile_warmup_s": None, "graph_breaks": None, "graphs": None,
@@ -277,6 +290,7 @@ def assemble(cfg: dict[str, Any], measured: dict[str, dict[str, Any]], quiet: bo
                                                  "recompiles", "steady_recompiles", "steady_graph_breaks",
                                                  "graph_break_reasons")})
             row["compiled_runs_s"] = comp.get("compiled_runs_s")
+            row["compiled_info"] = comp.get("info")
             row["notes"] += [n for n in comp.get("notes", []) if n not in row["notes"]]
         row["compiled_speedup"] = (full_compiled / row["compiled_median_s"]
                                    if full_compiled and row["compiled_median_s"] else None)
@@ -332,161 +346,6 @@ def _dominance(rows: list[dict[str, Any]], quality_comparable: bool) -> None:
                                        and better(o, r)]
 
 
-# ---- report -----------------------------------------------------------------------------------------------
-def _f(value: Any, digits: int = 2, suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{suffix}"
-    return f"{value}{suffix}"
-
-
-def _matched_table(record: dict[str, Any]) -> list[str]:
-    """Markdown lines: for every peer row, the ditcache rows at least as fast and as good."""
-    def names(v):
-        return "-" if v is None else (", ".join(v) if v else "**none** (the peer wins)")
-
-    lines = ["", "## Which ditcache schedules match or beat each peer", "",
-             "A ditcache row matches a peer when it is at least as fast (measured speedup over the full row, eager "
-             "and compiled apart) and at least as good (FID where measured, else PSNR vs full).", "",
-             "| peer row | eager × | matched eager by | compiled × | matched compiled by |",
-             "| --- | ---: | --- | ---: | --- |"]
-    for r in record["rows"]:
-        if r["method"] != "ditcache":
-            lines.append(f"| {r['name']} | {_f(r['eager_speedup'])} | {names(r.get('matched_by_eager'))} | "
-                         f"{_f(r['compiled_speedup'])} | {names(r.get('matched_by_compiled'))} |")
-    return [*lines, ""]
-
-
-def markdown(record: dict[str, Any]) -> str:
-    m = record["machine"]
-    q = record.get("quality") or {}
-    lines = [f"# Peers side by side: {record['name']}", "",
-             f"Command (from the repository root): `{record['command']}`", "",
-             f"- model `{record['model']}`, {record['steps']} {record['scheduler']} steps, guidance {record['guidance']}; "
-             f"every row samples through ditcache's own loop (`compiler/runtime/sampling.py`): same scheduler, noise, seeds",
-             f"- quality: N = {q.get('n')} class-balanced samples in batches of {q.get('batch_size')} (per-sample seeds "
-             f"as benchmarks/eval_quality.py), PSNR / cosine vs the `full` row" if q else
-             "- quality: fidelity of the timing batch vs the `full` row (no FID)",
-             f"- FID: {record['fid']['package']} {record['fid']['version']} Inception vs {record['fid']['reference']}; "
-             f"real-vs-real floor at this N: {record['fid']['floor']:.2f}; ± paired bootstrap std "
-             f"({record['fid']['bootstrap_draws']} draws)" if record.get("fid") else "- FID: not computed",
-             f"- latency: one sampling run of classes {record['timing']['classes']} (model batch doubled by guidance), "
-             f"median of {record['timing'].get('repeats')} after {record['timing'].get('warmup', 1)} warm-up run(s); "
-             f"compiled rows: torch.compile, first run (compile) reported apart",
-             f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, threads {m['torch_threads']}; load "
-             f"average at the report {m['loadavg_1_5_15']}; the `load` column is the 1-min load average when the "
-             f"row's timing started (shared machine: other agents' jobs ran at the same time)",
-             "- blocks: calls of each block's attention `to_q` and MLP output layer, counted by forward pre-hooks "
-             "during the quality runs (ditcache's segments and every peer counted the same way); MACs follow from the "
-             "counts (graphs/macs.py, attention apart from the rest of a block)", ""]
-    if record.get("random_weights"):
-        lines += ["- RANDOM weights: timings and block counts are real; PSNR only says how far a row moves from the "
-                  "full run on the same noise (a row that never caches is identical to it), so quality is compared "
-                  "on the reference model's config, not here", ""]
-    lines += ["| row | family | status | blocks run / full | attn run | MACs × | eager s | eager × | eager ÷ MACs | "
-              "compiled s | compiled × | compile s | breaks | graphs | recompiles (steady) | PSNR dB | cosine | FID | "
-              "FID − full | load |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
-              "---: | ---: | ---: | ---: | ---: |"]
-    for r in record["rows"]:
-        full_blocks = r["blocks_full_per_run"]
-        blocks = (f"{r['blocks_run_per_run']:.1f} / {full_blocks:.0f}" if r["blocks_run_per_run"] is not None
-                  else "-")
-        recompiles = "-" if r["recompiles"] is None else f"{r['recompiles']} ({r['steady_recompiles']})"
-        status = "ok" if r["status"] == "ok" else r["status"][:120].replace("|", "/")
-        fid = "-" if r["fid"] is None else (f"{r['fid']:.2f}" + (f" ± {r['fid_boot_std']:.2f}"
-                                                                 if r["fid_boot_std"] else ""))
-        dfid = "-" if r["fid_delta_vs_full"] is None else (
-            f"{r['fid_delta_vs_full']:+.2f}" + (f" ± {r['fid_delta_boot_std']:.2f}" if r["fid_delta_boot_std"] else ""))
-        lines.append(
-            f"| {r['name']} | {r['family']} | {status} | {blocks} | {_f(r['attn_run_per_run'], 1)} | "
-            f"{_f(r['mac_speedup'])} | {_f(r['eager_median_s'], 3)} | {_f(r['eager_speedup'])} | "
-            f"{_f(r.get('eager_per_mac'))} | {_f(r['compiled_median_s'], 3)} | {_f(r['compiled_speedup'])} | "
-            f"{_f(r['compile_warmup_s'], 1)} | "
-            f"{_f(r['graph_breaks'])} | {_f(r['graphs'])} | {recompiles} | {_f(r['psnr_vs_full_db'])} | "
-            f"{_f(r['cosine_vs_full'], 5)} | {fid} | {dfid} | {_f(r['loadavg_1m'])} |")
-    lines += ["", "`eager ÷ MACs`: how much of the counted compute a row saves turns into eager time (1 = all of "
-              "it; below 1: the method's own overhead, or steps it skips that cost less than average)."]
-    if record.get("random_weights"):
-        lines += ["", "## Which ditcache schedules match or beat each peer", "",
-                  "Not judged on random weights (no meaningful quality): see the reference model's results.", ""]
-    else:
-        lines += _matched_table(record)
-    lines += ["## Notes per row", ""]
-    for r in record["rows"]:
-        extra = []
-        if r.get("graph_break_reasons"):
-            extra.append("graph breaks: " + "; ".join(r["graph_break_reasons"][:3]))
-        if r.get("blocks_per_step"):
-            extra.append(f"blocks per step (first run): {r['blocks_per_step']}")
-        info = r.get("info") or {}
-        if info.get("cache_dit_cached_steps") is not None:
-            extra.append(f"cache-dit summary: cached steps {info['cache_dit_cached_steps']}")
-        if r.get("error"):
-            extra.append(f"error: {r['error']}")
-        if r["notes"] or extra:
-            lines.append(f"- **{r['name']}**: " + " · ".join([*r["notes"], *extra]).replace("|", "/"))
-    lines.append("")
-    return "\n".join(lines)
-
-
-STYLES = {"ditcache": ("tab:blue", "o"), "diffusers FirstBlockCache": ("tab:orange", "s"),
-          "diffusers PyramidAttentionBroadcast": ("tab:green", "^"), "diffusers FasterCache": ("tab:olive", "v"),
-          "diffusers MagCache": ("tab:purple", "D"), "diffusers TaylorSeer": ("tab:brown", "P"),
-          "diffusers SeaCache": ("tab:pink", "X"), "cache-dit DBCache": ("tab:red", "*")}
-
-
-def plot_pareto(record: dict[str, Any], path: Path) -> None:
-    """Quality vs measured speedup for every method: FID (if measured) and PSNR vs measured eager speedup; compiled
-    speedups as open markers."""
-    plt = pyplot("the pareto plot")
-    if plt is None:
-        return
-
-    rows = [r for r in record["rows"] if r["eager_speedup"] is not None]
-    if record.get("random_weights"):  # no meaningful quality: how much of the skipped compute turns into time
-        panels = [("mac_speedup", "MACs x from the counted blocks (dotted: speedup = MACs x)")]
-    else:
-        panels = ([("fid", "FID (lower is better)")] if any(r["fid"] is not None for r in rows) else []) + \
-            [("psnr_vs_full_db", "PSNR vs full, dB (higher is closer)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels):
-        for family, (color, marker) in STYLES.items():
-            pts = [r for r in rows if r["family"] == family and r[key] is not None]
-            if not pts:
-                continue
-            ax.scatter([r["eager_speedup"] for r in pts], [r[key] for r in pts], c=color, marker=marker, s=45,
-                       label=f"{family} (eager)")
-            comp = [r for r in pts if r["compiled_speedup"] is not None]
-            if comp:
-                ax.scatter([r["compiled_speedup"] for r in comp], [r[key] for r in comp], facecolors="none",
-                           edgecolors=color, marker=marker, s=60)
-                for r in comp:
-                    ax.plot([r["eager_speedup"], r["compiled_speedup"]], [r[key]] * 2, color=color, lw=0.6, ls=":")
-            for r in pts:
-                ax.annotate(r["name"], (r["eager_speedup"], r[key]), fontsize=5.5, xytext=(3, 2),
-                            textcoords="offset points")
-        if key == "mac_speedup":
-            top = max([r["mac_speedup"] for r in rows if r["mac_speedup"]] + [1.0])
-            ax.plot([1, top], [1, top], color="gray", ls=":", lw=0.8)
-        if key == "fid" and record.get("fid"):
-            full = next((r["fid"] for r in rows if r["name"] == "full"), None)
-            if full is not None:
-                ax.axhline(full, color="gray", ls="--", lw=0.8, label="full schedule")
-        ax.set_xlabel("measured speedup over the full row (filled: eager; open: torch.compile vs compiled full)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.suptitle(f"{record['name']}: {record['model']}, {record['steps']} {record['scheduler']} steps, guidance "
-                 f"{record['guidance']}", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-
-
 # ---- main -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ditcache.benchmarks.compare_peers", description=__doc__,
@@ -516,11 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     work = cache / cfg["name"]
     out = Path(args.out_dir) if args.out_dir else REPO_ROOT / "benchmarks" / "results" / cfg["name"]
     compile_rows = set((cfg.get("compile") or {}).get("rows", []))
-    unavailable = cache_dit_unavailable()
     if args.dry_run:
         for row in cfg["rows"]:
             flags = " +compile" if row["name"] in compile_rows and not args.no_compile else ""
-            skip = f"  [skipped: {unavailable}]" if row["method"] in CACHE_DIT_METHODS and unavailable else ""
+            reason = row.get("unavailable") or peer_unavailable(row["method"])
+            skip = f"  [skipped: {reason}]" if reason else ""
             params = {k: v for k, v in row.items() if k not in ("name", "method")}
             print(f"{row['name']:<28} {row['method']:<12} {json.dumps(params, default=str)[:90]}{flags}{skip}")
         return 0
@@ -547,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     record["command"] = "python -m ditcache.benchmarks.compare_peers " + shlex.join(
         sys.argv[1:] if argv is None else argv)
     record["total_s"] = time.perf_counter() - started
-    record["cache_dit"] = unavailable or "cache-dit 1.5.3"
+    record["cache_dit"] = cache_dit_unavailable() or "cache-dit 1.5.3"
+    record["smoothcache"] = peer_unavailable("smoothcache") or "dit-smoothcache 0.1.1"
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "results.json", repo_relative(json.dumps(record, indent=2, default=str) + "\n"))
     write_atomic(out / "results.md", repo_relative(markdown(record)))

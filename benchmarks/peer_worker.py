@@ -147,6 +147,8 @@ def phase_eager(job: dict) -> dict:
         result["loadavg_timing"] = os.getloadavg()
         runs, warm = _timed(method, spec, request, int(timing.get("warmup", 1)), int(timing["repeats"]))
         result.update(eager_runs_s=runs, eager_median_s=float(np.median(runs)), eager_warmup_s=warm)
+        if "adaptive_runs" in result["info"]:  # the timing batch decides for itself: its runs are recorded too
+            result["info"] = method.info()
     method.remove()
     return result
 
@@ -181,6 +183,7 @@ def phase_compile(job: dict) -> dict:
         steady_recompiles=after["recompiles"] - warm["recompiles"],
         graph_break_reasons=graph_break_reasons(),
         notes=list(method.notes),
+        info=method.info(),  # adaptive rows: the compiled runs' decisions
     )
     method.remove()
     return result

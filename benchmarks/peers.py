@@ -14,6 +14,8 @@ each sampling run (resets the peer's state) and ``remove()``. The peers:
 * cache-dit (optional extra ``ditcache[peers]``): ``dbcache`` (``cache_dit.enable_cache`` on the bare transformer
   with ``DBCacheConfig``: Fn/Bn compute blocks, residual threshold, warm-up, optional ``steps_mask`` and
   ``TaylorSeerCalibratorConfig``); ``refresh_context`` before each run.
+* SmoothCache (optional extra ``ditcache[peers]``): ``smoothcache`` (benchmarks/smoothcache_peer.py: a calibrated
+  static schedule per layer type, applied by SmoothCache's own ``SmoothCacheHelper``).
 
 Counting: :class:`CallCounter` puts forward pre-hooks on *leaf* layers (each block's ``attn1.to_q`` and its MLP's
 last ``Linear``, the patch embedding's conv and ``proj_out_2``) and adds the batch each call sees. Hooks on a block
@@ -40,13 +42,14 @@ from ditcache.compiler.runtime.sampling import SampleRequest, model_denoiser, sa
 
 DIFFUSERS_METHODS = ("fbc", "pab", "fastercache", "magcache", "taylorseer", "seacache")
 CACHE_DIT_METHODS = ("dbcache",)
-METHODS = ("ditcache", *DIFFUSERS_METHODS, *CACHE_DIT_METHODS)
+SMOOTHCACHE_METHODS = ("smoothcache",)
+METHODS = ("ditcache", *DIFFUSERS_METHODS, *CACHE_DIT_METHODS, *SMOOTHCACHE_METHODS)
 CACHE_DIT_VERSION = "1.5.3"
 
 FAMILIES = {
     "ditcache": "ditcache", "fbc": "diffusers FirstBlockCache", "pab": "diffusers PyramidAttentionBroadcast",
     "fastercache": "diffusers FasterCache", "magcache": "diffusers MagCache", "taylorseer": "diffusers TaylorSeer",
-    "seacache": "diffusers SeaCache", "dbcache": "cache-dit DBCache",
+    "seacache": "diffusers SeaCache", "dbcache": "cache-dit DBCache", "smoothcache": "SmoothCache",
 }
 
 
@@ -63,6 +66,17 @@ def cache_dit_unavailable() -> str | None:
     version = getattr(cache_dit, "__version__", "?")
     if version != CACHE_DIT_VERSION:
         return f"cache-dit {version} is installed, the comparison pins {CACHE_DIT_VERSION}"
+    return None
+
+
+def peer_unavailable(method: str) -> str | None:
+    """Why the optional package of ``method`` cannot run here (None: it can, or it needs none)."""
+    if method in CACHE_DIT_METHODS:
+        return cache_dit_unavailable()
+    if method in SMOOTHCACHE_METHODS:
+        from .smoothcache_peer import smoothcache_unavailable
+
+        return smoothcache_unavailable()
     return None
 
 
@@ -142,6 +156,9 @@ def count_summary(calls: list[dict[str, Any]], spec, images: int, runs: int) -> 
     blocks_run = sum(sum(c["mlp"]) for c in calls) / max(1, runs) / max(per_call_batch, 1)
     attn_run = sum(sum(c["attn"]) for c in calls) / max(1, runs) / max(per_call_batch, 1)
     per_step = [round(sum(c["mlp"]) / max(c["head"], 1), 3) for c in calls[:int(steps)]]
+    n = max(1, int(steps))  # blocks of each run (adaptive rows and deciding peers vary per batch)
+    each_run = [round(sum(sum(c["mlp"]) / max(c["head"], 1) for c in calls[i:i + n]), 3)
+                for i in range(0, len(calls), n)]
     full_macs = steps * (costs.full) * per_call_batch / max(1, images)
     return {
         "denoiser_calls_per_run": steps,
@@ -151,6 +168,7 @@ def count_summary(calls: list[dict[str, Any]], spec, images: int, runs: int) -> 
         "gmacs_per_image": macs / max(1, runs) / max(1, images) / 1e9,
         "mac_fraction": (macs / max(1, runs) / max(1, images)) / full_macs if full_macs else None,
         "blocks_per_step_first_run": per_step,
+        "blocks_run_each_run": each_run,
     }
 
 
@@ -339,6 +357,7 @@ def _cache_dit_method(name: str, model: nn.Module, spec, steps: int, params: dic
 def _ditcache_method(name: str, model: nn.Module, spec, schedule, compiled: bool) -> Method:
     from ditcache.compiler.runtime.build import build_dispatcher
     from ditcache.graphs import parts_for
+    from ditcache.graphs.adaptive import is_adaptive
     from ditcache.graphs.planning import plan_for
 
     plan = plan_for(schedule, spec)
@@ -355,6 +374,11 @@ def _ditcache_method(name: str, model: nn.Module, spec, schedule, compiled: bool
         dispatcher = build_dispatcher(plan, parts=parts)
     notes = ["ditcache's inductor-jit backend at its default variant granularity (torch.compile(fullgraph=True, "
              "dynamic=False) of each step variant, as export-engines --backend inductor-jit)"] if compiled else []
+    if is_adaptive(plan):  # decided at run time: keep every run's decisions (benchmarks/peer_adaptive.py)
+        from .peer_adaptive import recording
+
+        denoiser, info = recording(dispatcher, spec.num_blocks)
+        return Method(name, "ditcache", denoiser, dispatcher.reset, lambda: None, info, notes)
     return Method(name, "ditcache", dispatcher, dispatcher.reset, lambda: None, notes=notes)
 
 
@@ -371,6 +395,10 @@ def install(row: Mapping[str, Any], model: nn.Module, spec, steps: int, compiled
     model_fn = torch.compile(model) if compiled else None
     if method in CACHE_DIT_METHODS:
         return _cache_dit_method(row["name"], model, spec, steps, params, model_fn)
+    if method in SMOOTHCACHE_METHODS:
+        from .smoothcache_peer import smoothcache_method
+
+        return smoothcache_method(row["name"], model, spec, steps, params, model_fn, calibration)
     if method in DIFFUSERS_METHODS:
         loop = _Loop(spec, steps)
         notes = []

@@ -122,6 +122,7 @@ def test_failing_peer_gives_an_error_row(tmp_path):
 
 
 cache_dit_missing = peers.cache_dit_unavailable()
+smoothcache_missing = peers.peer_unavailable("smoothcache")
 
 
 @pytest.mark.skipif(cache_dit_missing is not None, reason=f"cache-dit path: {cache_dit_missing}")
@@ -150,7 +151,17 @@ def test_peers_config_validation(tmp_path):
 
     cfg = load_peers_config(REPO / "benchmarks/configs/peers-fmnist.yaml")
     assert cfg["rows"][0]["name"] == "full" and cfg["quality"]["fid"]
+    # calibrated schedules that schedules/fmnist-calibrated/make.sh writes for the current weights: a skipped row
+    # (with the command) until it has run, a checked row afterwards
+    maker = (REPO / "schedules/fmnist-calibrated/make.sh").read_text()
+    for row in cfg["rows"]:
+        if row["method"] == "ditcache" and isinstance(row["schedule"], str):
+            made = Path(row["schedule"]).is_file()
+            assert made != ("unavailable" in row), row
+            assert made or (Path(row["schedule"]).name in maker and "make.sh" in row["unavailable"]), row
+    assert {"error-2x", "adaptive-fb-2x", "smoothcache-1.5x", "smoothcache-2x"} <= {r["name"] for r in cfg["rows"]}
     load_peers_config(REPO / "benchmarks/configs/peers-dit-xl.yaml")
+    load_peers_config(REPO / "benchmarks/configs/peers-tiny.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: dit-tiny\nsteps: 4\ntiming: {classes: [1]}\nrows:\n  - {name: a, method: fbc}\n")
     with pytest.raises(ConfigError, match="'full'"):
@@ -189,6 +200,7 @@ def test_compare_peers_end_to_end(tmp_path):
     assert code == 0
     record = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in record["rows"]}
+    text = (out / "results.md").read_text()
     assert rows["full"]["status"] == "ok" and rows["full"]["eager_speedup"] == pytest.approx(1.0)
     assert rows["delta"]["blocks_run_per_run"] < rows["full"]["blocks_run_per_run"]
     assert rows["fbc"]["status"] == "ok" and rows["fbc"]["psnr_vs_full_db"] is not None
@@ -197,11 +209,23 @@ def test_compare_peers_end_to_end(tmp_path):
         assert rows["dbcache"]["status"].startswith("skipped")
     else:
         assert rows["dbcache"]["status"] == "ok"
+    for name in ("smoothcache", "smoothcache-1.5x"):
+        if smoothcache_missing:
+            assert rows[name]["status"].startswith("skipped") and "pip install" in rows[name]["status"]
+        else:
+            assert rows[name]["status"] == "ok", rows[name]
+            assert rows[name]["attn_run_per_run"] < rows["full"]["attn_run_per_run"]
+            assert rows[name]["mac_speedup"] == pytest.approx(rows[name]["info"]["smoothcache_mac_speedup"])
+    assert rows["smoothcache-1.5x"]["family"] == "SmoothCache"
+    adaptive = rows["adaptive"]  # decided per batch: the dispatcher's record of every run, and the counted blocks
+    assert adaptive["status"] == "ok" and adaptive["blocks_run_per_run"] < rows["full"]["blocks_run_per_run"]
+    recorded = [r["blocks_run"] for r in adaptive["info"]["adaptive_runs"]]
+    assert recorded[:len(adaptive["blocks_run_each_run"])] == adaptive["blocks_run_each_run"]
+    assert "adaptive decisions (eager, from the dispatcher)" in text
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "pareto.png").stat().st_size > 0
     else:  # installed without the bench extra: tables only
         assert not (out / "pareto.png").exists()
-    text = (out / "results.md").read_text()
     assert "fastercache-default" in text
     # random weights: speed per skipped compute is reported, quality is not used to pick winners
     delta = rows["delta"]
@@ -232,3 +256,196 @@ def test_compile_phase_counts_graph_breaks(tmp_path):
     assert result["status"] == "ok", result
     assert result["graph_breaks"] == 0 and result["steady_recompiles"] == 0
     assert "variant granularity" in result["notes"][0]
+
+
+# ---- SmoothCache (optional extra) ---------------------------------------------------------------------------
+def smoothcache_reference(schedule: dict[str, list[int]], request: SampleRequest) -> torch.Tensor:
+    """A plain loop applying the same per-step reuse decisions on a fresh model with forward hooks (not
+    SmoothCache's helper): every layer computes, and at a 0 step its output is replaced by the one it gave at the
+    last 1 step."""
+    from ditcache.compiler.runtime.sampling import model_denoiser, sample
+
+    model = fresh_model()
+    step, cache = [0], {}
+
+    def hook_for(key, name):
+        def hook(module, args, output):
+            if schedule[name][step[0]] == 0:
+                return cache[key]
+            cache[key] = output
+            return None
+
+        return hook
+
+    for i, block in enumerate(model.transformer_blocks):
+        for name in schedule:
+            getattr(block, name).register_forward_hook(hook_for((name, i), name))
+    run = model_denoiser(model)
+
+    def denoiser(inputs):
+        out = run(inputs)
+        step[0] += 1
+        return out
+
+    return sample(denoiser, SPEC, request)
+
+
+def test_smoothcache_scan_follows_the_documented_rule():
+    """The longest look-ahead under α wins; first and last step always computed; α solved for a MAC budget is the
+    smallest measured distance that reaches it."""
+    from ditcache.benchmarks.smoothcache_peer import LayerErrors, alpha_for_speedup, scan, schedule_speedup
+
+    steps = 8
+    rows = ((0.9, 0.2, 0.1, 0.1, 0.1, 0.3, 0.1),  # k = 1: step s vs s + 1
+            (0.9, 0.3, 0.2, 0.2, 0.2, 0.2),  # k = 2
+            (0.9, 0.35, 0.9, 0.9, 0.9))  # k = 3
+    errors = LayerErrors("attn1", rows)
+    # s=0: nothing <= 0.3 -> compute; s=1: k=2 (0.3) -> reuse at 2, 3; s=4: k=2 (0.2) -> 5, 6; s=7: last
+    assert scan(errors, 0.3, steps) == [1, 1, 0, 0, 1, 0, 0, 1]
+    assert scan(errors, 0.0, steps) == [1] * steps
+    assert scan(errors, 0.36, steps) == [1, 1, 0, 0, 0, 1, 0, 1]  # k=3 at s=1, then k=2 at s=5 (last forced)
+    both = {"attn1": errors, "ff": LayerErrors("ff", rows)}
+    alpha, speedup = alpha_for_speedup(SPEC, both, steps, 1.5)
+    grid = sorted({v for r in rows for v in r})
+    reached = [a for a in grid if schedule_speedup(SPEC, {k: scan(e, a, steps) for k, e in both.items()}, steps) >= 1.5]
+    assert alpha == min(reached) and speedup >= 1.5
+    with pytest.raises(ValueError, match="no SmoothCache threshold reaches"):
+        alpha_for_speedup(SPEC, both, steps, 50.0)
+
+
+def test_smoothcache_calibration_is_the_block_averaged_relative_l1():
+    """calibrate() against the distances computed directly from every recorded output of a full run."""
+    from ditcache.benchmarks.smoothcache_peer import calibrate
+    from ditcache.compiler.runtime.sampling import model_denoiser, sample
+
+    model = fresh_model()
+    outputs: dict[tuple[str, int], list[torch.Tensor]] = {}
+    handles = [getattr(b, n).register_forward_hook(
+        lambda m, a, o, key=(n, i): outputs.setdefault(key, []).append(o.detach().clone()))
+        for i, b in enumerate(model.transformer_blocks) for n in ("attn1", "ff")]
+    sample(model_denoiser(model), SPEC, CALIBRATION)
+    for h in handles:
+        h.remove()
+    errors = calibrate(model, SPEC, CALIBRATION, lookahead=2)
+    for name in ("attn1", "ff"):
+        for k in (1, 2):
+            expected = [sum(float((outputs[(name, i)][s] - outputs[(name, i)][s + k]).abs().sum()
+                                  / outputs[(name, i)][s + k].abs().sum()) for i in range(SPEC.num_blocks))
+                        / SPEC.num_blocks for s in range(STEPS - k)]
+            assert errors[name].rows[k - 1] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.skipif(smoothcache_missing is not None, reason=f"SmoothCache path: {smoothcache_missing}")
+def test_smoothcache_skips_layers_and_equals_a_plain_loop(full_output):
+    full, full_counts = full_output
+    row = {"name": "sc", "method": "smoothcache", "alpha": 0.5}
+    model = fresh_model()
+    method = peers.install(row, model, SPEC, STEPS, calibration=CALIBRATION)
+    counter = peers.CallCounter(model)
+    out, again = (peers.run_sampling(method, SPEC, REQUEST) for _ in range(2))
+    info = method.info()
+    method.remove()
+    counts = peers.count_summary(counter.calls, SPEC, 2, 2)
+    schedule = info["smoothcache_schedule"]
+    assert set(schedule) == {"attn1", "ff"} and 0 in schedule["attn1"] and 0 in schedule["ff"]
+    # the reused layers are counted as skipped: their leaf layers never run
+    assert counts["attn_run_per_run"] == SPEC.num_blocks * sum(schedule["attn1"]) < full_counts["attn_run_per_run"]
+    assert counts["blocks_run_per_run"] == SPEC.num_blocks * sum(schedule["ff"]) < full_counts["blocks_run_per_run"]
+    assert 1 / counts["mac_fraction"] == pytest.approx(info["smoothcache_mac_speedup"])
+    assert not torch.allclose(out, full), "reusing layer outputs must move the output"
+    torch.testing.assert_close(out, again)  # start_run resets the helper's step counters and cache
+    torch.testing.assert_close(out, smoothcache_reference(schedule, REQUEST))
+    assert all("forward" not in getattr(b, n).__dict__ for b in model.transformer_blocks for n in schedule)
+    (restored,), _ = run({"name": "full", "method": "ditcache", "schedule": parse_schedule({"kind": "full",
+                                                                                            "steps": STEPS})})
+    torch.testing.assert_close(restored, full)
+
+
+@pytest.mark.skipif(smoothcache_missing is not None, reason=f"SmoothCache path: {smoothcache_missing}")
+def test_smoothcache_target_speedup_and_given_schedule():
+    (_,), counts = run({"name": "sc", "method": "smoothcache", "target_speedup": 1.5})
+    assert 1 / counts["mac_fraction"] >= 1.5
+    given = {"attn1": [1, 0, 1, 0, 1, 0, 1, 1], "ff": [1, 1, 1, 1, 1, 1, 1, 1]}
+    (out,), counts = run({"name": "sc", "method": "smoothcache", "smoothcache_schedule": given})
+    assert counts["attn_run_per_run"] == SPEC.num_blocks * 5 and counts["blocks_run_per_run"] == STEPS * SPEC.num_blocks
+    torch.testing.assert_close(out, smoothcache_reference(given, REQUEST))
+    with pytest.raises(ValueError, match="exactly one of alpha and target_speedup"):
+        run({"name": "sc", "method": "smoothcache"})
+
+
+def test_smoothcache_unavailable_gives_the_install_hint(monkeypatch, tmp_path):
+    import argparse
+    import importlib.metadata
+
+    from ditcache.benchmarks import compare_peers
+
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "dit-smoothcache":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    reason = peers.peer_unavailable("smoothcache")
+    assert "pip install 'ditcache[peers]'" in reason and "dit-smoothcache==0.1.1" in reason
+    with pytest.raises(peers.PeerUnavailable, match=r"ditcache\[peers\]"):
+        peers.install({"name": "sc", "method": "smoothcache", "alpha": 0.1}, fresh_model(), SPEC, STEPS,
+                      calibration=CALIBRATION)
+    cfg = compare_peers.load_peers_config(REPO / "benchmarks/configs/peers-tiny.yaml")
+    row = next(r for r in cfg["rows"] if r["name"] == "smoothcache")
+    args = argparse.Namespace(resume=False, no_compile=False, quiet=True)
+    out = compare_peers.run_row(cfg, row, None, tmp_path, args)  # no worker is started
+    assert out["eager"]["status"] == f"skipped: {reason}" and out["compile"]["status"] == out["eager"]["status"]
+
+
+# ---- ditcache's adaptive rows: decided per batch ------------------------------------------------------------
+def test_adaptive_row_records_each_run_and_counts_its_blocks(full_output):
+    full, _ = full_output
+    schedule = parse_schedule({"kind": "adaptive", "steps": STEPS, "threshold": 0.5, "warmup": 1, "final": 1})
+    model = fresh_model()
+    method = peers.install({"name": "a", "method": "ditcache", "schedule": schedule}, model, SPEC, STEPS)
+    counter = peers.CallCounter(model)
+    requests = [REQUEST, SampleRequest((5,), STEPS, 4.0, 1, "ddim")]
+    outs = [peers.run_sampling(method, SPEC, r) for r in requests]
+    runs = method.info()["adaptive_runs"]
+    counted = peers.count_summary(counter.calls, SPEC, 1, 2)["blocks_run_each_run"]
+    assert [r["model_batch"] for r in runs] == [4, 2]  # CFG doubles the batch
+    assert [r["blocks_run"] for r in runs] == counted  # the dispatcher's decisions and the counted calls agree
+    assert runs[0]["replayed_steps"] and min(counted) < STEPS * SPEC.num_blocks
+    assert all(1 <= s < STEPS - 1 for r in runs for s in r["replayed_steps"])  # warm-up and final computed
+    assert not torch.allclose(outs[0], full)
+    from ditcache.benchmarks.peer_adaptive import summary
+
+    assert "model batch 2:" in summary(method.info(), "eager") and summary({}, "eager") is None
+
+
+@pytest.mark.slow
+def test_compile_phase_adaptive_and_smoothcache(tmp_path):
+    """Compiled: the adaptive row's three programs are whole graphs (no break, no steady recompile) and decide as
+    the eager run does; SmoothCache's helper counts steps in Python, which dynamo specializes: a graph per step."""
+    from safetensors.torch import save_file
+
+    from ditcache.benchmarks.peer_worker import phase_compile
+
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in fresh_model().state_dict().items()
+               if not k.endswith("pos_embed.pos_embed")}, str(weights))
+    sched = {"kind": "adaptive", "steps": STEPS, "threshold": 0.5, "warmup": 1, "final": 1}
+    job = {"phase": "compile", "row": {"name": "a", "method": "ditcache", "schedule": sched}, "model": "dit-tiny",
+           "weights": str(weights), "steps": STEPS, "scheduler": "ddim", "guidance": 4.0, "seed": 0,
+           "timing": {"classes": [3, 7], "repeats": 1}, "compile_repeats": 1,
+           "calibration": {"classes": [1, 2], "seed": 100}}
+    result = phase_compile(job)
+    assert result["status"] == "ok", result
+    assert result["graph_breaks"] == 0 and result["steady_recompiles"] == 0
+    compiled_runs = result["info"]["adaptive_runs"]
+    model = fresh_model()
+    eager = peers.install({"name": "a", "method": "ditcache", "schedule": parse_schedule(sched)}, model, SPEC, STEPS)
+    peers.run_sampling(eager, SPEC, REQUEST)
+    assert [r["replayed_steps"] for r in compiled_runs] == [eager.info()["adaptive_runs"][0]["replayed_steps"]] * 2
+    if smoothcache_missing is None:
+        job["row"] = {"name": "sc", "method": "smoothcache", "alpha": 0.5}
+        result = phase_compile(job)
+        assert result["status"] == "ok", result
+        assert result["recompiles"] > 0 and result["steady_recompiles"] == 0
