@@ -166,7 +166,9 @@ def test_peers_config_validation(tmp_path):
     bad.write_text("model: dit-tiny\nsteps: 4\ntiming: {classes: [1]}\nrows:\n  - {name: a, method: fbc}\n")
     with pytest.raises(ConfigError, match="'full'"):
         load_peers_config(bad)
-    assert cfg["compile"]["rows"] == [row["name"] for row in cfg["rows"]]  # "rows: all"
+    compiled = set(cfg["compile"]["rows"])  # every working peer row, and the ditcache rows that meet them
+    assert {r["name"] for r in cfg["rows"] if r["method"] != "ditcache"} - compiled == {"fastercache-default"}
+    assert {"full", "blockcache-2.2x-cf", "adaptive-fb-2x", "error-2x"} <= compiled
     bad.write_text("model: dit-tiny\nsteps: 4\ntiming: {classes: [1]}\ncompile: {rows: full}\nrows:\n"
                    "  - {name: full, method: ditcache, schedule: {kind: full, steps: 4}}\n")
     with pytest.raises(ConfigError, match="list of row names or 'all'"):
