@@ -28,7 +28,7 @@ from ditcache.compiler.runtime.build import build_dispatcher
 from ditcache.compiler.runtime.dispatcher import VariantFn
 from ditcache.compiler.runtime.interpreter import segment_variant_fn
 from ditcache.compiler.runtime.runner import sample_with_plan
-from ditcache.compiler.runtime.sampling import SampleRequest, sample
+from ditcache.compiler.runtime.sampling import SampleRequest, noise_prediction, sample
 
 if TYPE_CHECKING:
     from ditcache.graphs.configs import BlockCacheConfig
@@ -94,7 +94,6 @@ class StepErrorModel:
         self.parts, self.spec, self.space, self.request = parts, spec, space, request
         self.layout = _layout(space)
         self.segments = build_segments(parts, self.layout)
-        self.channels = spec.in_channels  # learned-sigma channels are not sampled from: not counted
         self._fns: dict[tuple[str, ...], VariantFn] = {}
         self._memo: dict[tuple, float] = {}
         # a chain of blocks (DiT, PixArt): block segments read and write only the hidden state besides what the
@@ -195,7 +194,7 @@ class StepErrorModel:
         for s in steps:
             generator = torch.Generator().manual_seed(1000 + s)
             noise = torch.randn(outputs[s].shape, generator=generator)
-            noise = noise * GAIN_PERTURBATION * outputs[s][:, :self.channels].float().pow(2).mean().sqrt()
+            noise = noise * GAIN_PERTURBATION * noise_prediction(outputs[s], self.spec).float().pow(2).mean().sqrt()
             counter = {"step": 0}
 
             def denoiser(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -208,7 +207,7 @@ class StepErrorModel:
                 return full(inputs, {}, {})[0]
 
             final = sample(denoiser, self.spec, request)
-            injected = noise[:, :self.channels].float().pow(2).mean().item()
+            injected = noise_prediction(noise, self.spec).float().pow(2).mean().item()
             gains.append(_mse(final, reference) / injected if injected > 0 else 0.0)
         return gains
 
@@ -222,7 +221,7 @@ class StepErrorModel:
             with torch.no_grad():
                 out = self._step_output(step, caches)
             self.step_runs += 1
-            self._memo[key] = _mse(out[:, :self.channels], self.reference.outputs[step][:, :self.channels])
+            self._memo[key] = _mse(noise_prediction(out, self.spec), noise_prediction(self.reference.outputs[step], self.spec))
         return self._memo[key]
 
     # ---- the objective ----------------------------------------------------------------------------------------------
