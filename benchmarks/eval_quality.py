@@ -13,10 +13,12 @@ For every schedule, N class-balanced samples (sample i has class i % 10 and its 
   ``Plan.theoretical_speedup``; wall time is recorded too but the machine is shared, so it is only a hint.
 
 Schedules (12 blocks, 20 steps): full; Δ-DiT at three speedups (b = 10, (N, Nc) = (2, 6), (2, 8), (3, 9)) and
-with its boundary measured from the change curves (``boundary: auto``); block caching at three target speedups
-from the calibration (``auto-schedule``), the two faster ones also with closed-form and trained scale/shift
+with its boundary measured from the change curves (``boundary: auto``); block caching at five target speedups
+from the calibration (``auto-schedule``), the faster ones also with closed-form and trained scale/shift
 (schedule files under schedules/fmnist-calibrated/); the Δ-DiT paper's ablation: Δ-DiT plans with plain output
-caching (``cache: output``), i.e. equal MACs.
+caching (``cache: output``), i.e. equal MACs; the error-driven schedules (1.5x, 2x, and 2x with closed-form
+scale/shift) and the adaptive first-block schedules (1.5x, 2x): an adaptive row decides per sampling batch, so it
+samples in batches of ADAPTIVE_BATCH (the calibration's) and reports the MACs its batches decided.
 
 ``--model unet-fmnist``: the shipped U-Net (6 attention layers = blocks) with its own schedule table: full, block
 caching at three target speedups from its calibration and the two faster ones with closed-form and trained
@@ -75,8 +77,10 @@ import torch  # noqa: E402
 from ditcache.compiler.atomic import write_atomic  # noqa: E402
 from ditcache.compiler.runtime.seeds import sample_seed  # noqa: E402 (block_roles and peer_worker import it from here)
 
+from ditcache.graphs.adaptive import is_adaptive  # noqa: E402
+
 from ditcache.benchmarks.paths import repo_relative  # noqa: E402
-from ditcache.benchmarks.plots import pyplot  # noqa: E402
+from ditcache.benchmarks.quality_report import fmt, markdown, plot_fid_vs_macs, pm  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "quality_fmnist"
@@ -88,9 +92,9 @@ DEFAULT_BATCH = 50
 GRID_PER_CLASS = 8
 
 # Block caching and Δ-DiT's measured boundary come from schedule files made by the commands themselves
-# (see schedules/fmnist-calibrated/README.md): `ditcache calibrate` on dit-fmnist at this evaluation's
-# sampler, steps and guidance, `ditcache auto-schedule --target-speedup` for three speedups, and
-# `ditcache fit-correction` (closed form, and trained) for the two faster ones.
+# (schedules/fmnist-calibrated/make.sh): `ditcache calibrate` on dit-fmnist at this evaluation's
+# sampler, steps and guidance, `ditcache auto-schedule --target-speedup` for five speedups, and
+# `ditcache fit-correction` (closed form, and trained) for the faster ones; the error-driven and adaptive schedules.
 CALIBRATED = "schedules/fmnist-calibrated"
 
 
@@ -111,13 +115,24 @@ SCHEDULES: dict[str, tuple[str, dict[str, Any] | str]] = {
     "blockcache-1.8x": ("block-cache", f"{CALIBRATED}/blockcache-1.8x.yaml"),
     "blockcache-1.55x-cf": ("block-cache + closed-form s/s", f"{CALIBRATED}/blockcache-1.55x-closed-form.yaml"),
     "blockcache-1.8x-cf": ("block-cache + closed-form s/s", f"{CALIBRATED}/blockcache-1.8x-closed-form.yaml"),
+    "blockcache-2.0x": ("block-cache", f"{CALIBRATED}/blockcache-2.0x.yaml"),
+    "blockcache-2.0x-cf": ("block-cache + closed-form s/s", f"{CALIBRATED}/blockcache-2.0x-closed-form.yaml"),
     "blockcache-2.2x": ("block-cache", f"{CALIBRATED}/blockcache-2.2x.yaml"),
     "blockcache-2.2x-cf": ("block-cache + closed-form s/s", f"{CALIBRATED}/blockcache-2.2x-closed-form.yaml"),
     "blockcache-1.55x-tr": ("block-cache + trained s/s", f"{CALIBRATED}/blockcache-1.55x-trained.yaml"),
     "blockcache-1.8x-tr": ("block-cache + trained s/s", f"{CALIBRATED}/blockcache-1.8x-trained.yaml"),
     "delta-N2-Nc8-output": ("output-cache", _delta(2, 8, "output")),  # = schedules/fmnist-output-cache-20.yaml
     "delta-N3-Nc9-output": ("output-cache", _delta(3, 9, "output")),
+    "error-1.5x": ("error-driven block cache", f"{CALIBRATED}/error-1.5x.yaml"),
+    "error-2x": ("error-driven block cache", f"{CALIBRATED}/error-2x.yaml"),
+    "error-2x-cf": ("error-driven + closed-form s/s", f"{CALIBRATED}/error-2x-closed-form.yaml"),
+    "adaptive-fb-1.5x": ("adaptive first-block", f"{CALIBRATED}/adaptive-first-block-1.5x.yaml"),
+    "adaptive-fb-2x": ("adaptive first-block", f"{CALIBRATED}/adaptive-first-block-2x.yaml"),
 }
+# An adaptive schedule decides per sampling batch (the batch replays a step when every row is under the threshold),
+# so its MACs depend on the batch: its rows sample in batches of the calibration's size (make.sh: 10 classes), and
+# their MACs are the mean over those batches of what the dispatcher decided.
+ADAPTIVE_BATCH = 10
 
 
 UNET_CALIBRATED = "schedules/unet-fmnist-calibrated"  # made by its make.sh, as CALIBRATED for dit-fmnist
@@ -172,10 +187,17 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "gpu": None, "loadavg_1_5_15": load}
 
 
-def params_text(schedule, plan) -> str:
-    """The schedule's parameters in a few words (Δ-DiT: b, N, Nc; block caching: δ and blocks computed)."""
+def params_text(schedule, plan, replayed: np.ndarray | None = None) -> str:
+    """The schedule's parameters in a few words (Δ-DiT: b, N, Nc; block caching: δ and blocks computed; adaptive:
+    threshold and the replayed steps per batch)."""
     if schedule.kind == "full":
         return "-"
+    if is_adaptive(plan):
+        p = plan.policy
+        span = "" if replayed is None or not len(replayed) else (
+            f", {int(replayed.min())}–{int(replayed.max())} of {len(plan.decided_steps)} decided steps replayed")
+        return (f"{p.signal} τ={p.threshold:.4g}, blocks [{plan.replay_range.start}, {plan.replay_range.end}) "
+                f"replayed, per batch of {ADAPTIVE_BATCH}{span}")
     if schedule.kind == "delta-dit":
         return f"b={schedule.boundary} N={schedule.interval} Nc={schedule.cached_blocks}"
     computed = sum(plan.blocks_computed(s) for s in range(plan.num_steps))
@@ -200,7 +222,7 @@ class Outcome:
     features: np.ndarray | None  # (N, 2048) float32 Inception features, None without FID
     sampling_s: float
     inception_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    replayed: np.ndarray | None = None  # (N,) int: steps the adaptive dispatcher replayed for each sample's batch
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -211,17 +233,21 @@ def run_schedule(name: str, model, spec, plan, args, log: Callable[[str], None],
     from ditcache.compiler.runtime.sampling import SampleRequest
 
     dispatcher = eager_dispatcher(model, spec, plan)
+    adaptive = is_adaptive(plan)
+    batch = sampling_batch(plan, args.batch_size)
     labels = balanced_classes(args.n, spec.num_classes)
-    images, samples, feats = [], [], []
+    images, samples, feats, replayed = [], [], [], []
     sampling_s = inception_s = 0.0
-    starts = range(0, args.n, args.batch_size)
+    starts = range(0, args.n, batch)
     for start in _progress(starts, progress, desc=f"{name:<22}", unit="batch", leave=True):
-        stop = min(start + args.batch_size, args.n)
+        stop = min(start + batch, args.n)
         request = SampleRequest(tuple(labels[start:stop]), STEPS, args.guidance, args.seed, SCHEDULER,
                                 sample_seeds=tuple(sample_seed(args.seed, i) for i in range(start, stop)))
         t0 = time.perf_counter()
         out = sample_with_plan(dispatcher, spec, request)
         sampling_s += time.perf_counter() - t0
+        if adaptive:  # this run's decisions (reset at the start of every run)
+            replayed += [dispatcher.decider.replayed] * (stop - start)
         batch_images = decode(out, spec)
         samples.append(out.float().numpy())
         images.append(batch_images.numpy())
@@ -232,7 +258,21 @@ def run_schedule(name: str, model, spec, plan, args, log: Callable[[str], None],
             feats.append(inception_features(to_uint8(batch_images)))
             inception_s += time.perf_counter() - t0
     return Outcome(np.concatenate(images), np.concatenate(samples), np.concatenate(feats) if with_fid else None,
-                   sampling_s, inception_s)
+                   sampling_s, inception_s, np.asarray(replayed, np.int64) if adaptive else None)
+
+
+def sampling_batch(plan, batch_size: int) -> int:
+    """Images per sampling run: ``--batch-size``, at most ADAPTIVE_BATCH for an adaptive plan."""
+    return min(batch_size, ADAPTIVE_BATCH) if is_adaptive(plan) else batch_size
+
+
+def macs_per_image(plan, costs, outcome: Outcome) -> float:
+    """MACs per image: the plan's (static), or the mean over samples of their batch's decided run (adaptive)."""
+    if not is_adaptive(plan):
+        return float(plan.total_macs(costs))
+    if outcome.replayed is None:
+        raise ValueError("an adaptive schedule's outcome has no record of its decisions; rerun with --no-resume")
+    return float(np.mean([plan.macs_of(int(r), costs) for r in outcome.replayed]))
 
 
 def spec_scheduler_config(model: str = MODEL) -> dict[str, Any]:
@@ -249,6 +289,8 @@ def work_key(name: str, plan, info, args, fid_info: dict | None) -> str:
                "scheduler_config": dict(spec_scheduler_config(getattr(args, "model", MODEL))),
                "corrections": hashlib.sha256(Path(corrections).read_bytes()).hexdigest() if corrections else None,
                "fid": None if fid_info is None else [fid_info["version"], fid_info["sha1"]]}
+    if is_adaptive(plan):  # its decisions depend on the batch; static plans' samples do not
+        payload["adaptive_batch"] = sampling_batch(plan, args.batch_size)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -260,7 +302,8 @@ def load_work(path: Path, with_fid: bool) -> Outcome | None:
             if with_fid and "features" not in data:
                 return None
             return Outcome(data["images"], data["samples"], data["features"] if "features" in data else None,
-                           float(data["sampling_s"]), float(data["inception_s"]))
+                           float(data["sampling_s"]), float(data["inception_s"]),
+                           data["replayed"] if "replayed" in data else None)
     except (OSError, ValueError, KeyError):
         return None
 
@@ -271,6 +314,8 @@ def save_work(path: Path, outcome: Outcome) -> None:
               "inception_s": outcome.inception_s}
     if outcome.features is not None:
         arrays["features"] = outcome.features
+    if outcome.replayed is not None:
+        arrays["replayed"] = outcome.replayed
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_atomic(path, buf.getvalue())
@@ -315,114 +360,6 @@ def class_grid(images: np.ndarray, n_classes: int, per_class: int) -> np.ndarray
             i = c + n_classes * j
             tiles.append(images[i] if i < n else blank)
     return grid(to_uint8(torch.from_numpy(np.stack(tiles))), columns=per_class)
-
-
-def plot_fid_vs_macs(rows: list[dict[str, Any]], floor: float | None, path: Path, title: str) -> None:
-    plt = pyplot("the FID plot")
-    if plt is None:
-        return
-
-    styles = {"full": ("k", "*"), "delta-dit": ("tab:blue", "o"), "delta-dit, measured b": ("tab:cyan", "o"),
-              "block-cache": ("tab:green", "s"), "block-cache + closed-form s/s": ("tab:olive", "D"),
-              "block-cache + trained s/s": ("tab:purple", "P"), "output-cache": ("tab:red", "x")}
-    have_fid = any(r["fid"] is not None for r in rows)
-    fig, axes = plt.subplots(1, 2 if have_fid else 1, figsize=(11 if have_fid else 5.5, 4.2), squeeze=False)
-    panels = ([("fid", "FID vs Fashion-MNIST test (lower is better)")] if have_fid else []) + \
-        [("psnr_vs_full_db", "PSNR vs full schedule, dB (higher is closer)")]
-    for ax, (key, label) in zip(axes[0], panels):
-        for family, (color, marker) in styles.items():
-            pts = [r for r in rows if r["family"] == family and r[key] is not None and np.isfinite(r[key])]
-            if pts:
-                ax.scatter([r["mac_fraction"] for r in pts], [r[key] for r in pts], c=color, marker=marker,
-                           s=70 if marker == "*" else 40, label=family)
-                if key == "fid" and all(r.get("fid_boot_std") is not None for r in pts):
-                    ax.errorbar([r["mac_fraction"] for r in pts], [r[key] for r in pts],
-                                yerr=[r["fid_boot_std"] for r in pts], fmt="none", ecolor=color, elinewidth=0.8)
-                for r in pts:
-                    ax.annotate(r["schedule"], (r["mac_fraction"], r[key]), fontsize=6, xytext=(3, 3),
-                                textcoords="offset points")
-        if key == "fid" and floor is not None:
-            ax.axhline(floor, color="gray", ls="--", lw=1, label=f"real vs real ({floor:.2f})")
-        ax.set_xlabel("MACs relative to full (1 / theoretical speedup)")
-        ax.set_ylabel(label)
-        ax.invert_xaxis()
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-
-
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "inf" if value == float("inf") else f"{value:.{digits}f}"
-    return str(value)
-
-
-def _pm(value: float | None, spread: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    text = f"{value:+.2f}" if signed else f"{value:.2f}"
-    return text + (f" ± {spread:.2f}" if spread is not None else "")
-
-
-def markdown(record: dict[str, Any]) -> str:
-    rows = record["results"]
-    lines = [
-        f"# Sample quality of caching schedules on {record['model']}",
-        "",
-        f"Command (from `{record['cwd']}`):",
-        "",
-        f"```\n{record['command']}\n```",
-        "",
-        f"- model `{record['model']}`, weights `{record['weights']['source']}` (sha256 "
-        f"`{record['weights']['sha256'][:16]}`, checkpoint step {record['weights'].get('step', '?')})",
-        f"- N = {record['n']} samples per schedule (classes balanced: sample i has class i % 10; seed of sample i "
-        f"= SeedSequence([{record['seed']}, i]), so all schedules see the same noise), {STEPS} DDIM steps, "
-        f"guidance {record['guidance']}, batch {record['batch_size']}",
-        f"- FID: {record['fid']['note']}" if record.get("fid") else "- FID: not computed (--no-fid)",
-        f"- machine: {record['machine']['cpu']}, {record['machine']['cores']} cores, torch "
-        f"{record['machine']['torch']} with {record['machine']['torch_threads']} thread(s), no GPU; load average at "
-        f"start {record['machine']['loadavg_1_5_15']}; total {record['total_s']:.0f} s",
-        "",
-        *([f"**Quick run: N = {record['n']} < 2000. FID is strongly biased upwards at small N (see the "
-            f"real-vs-real floor); these are not the saved results.**", ""] if record["n"] < 2000 else []),
-        "| schedule | family | params | FID | FID − full's | PSNR vs full (dB) | cosine vs full | GMACs/img | MACs | "
-        "speedup (MACs) | sampling s | wall speedup |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['schedule']} | {r['family']} ({r['cache']}) | {r['params']} | {_pm(r['fid'], r.get('fid_boot_std'))} | "
-            f"{_pm(r.get('fid_delta_vs_full'), r.get('fid_delta_boot_std'), signed=True)} | "
-            f"{_fmt(r['psnr_vs_full_db'])} | {_fmt(r['cosine_vs_full'], 5)} | {_fmt(r['gmacs_per_image'], 3)} | "
-            f"{_fmt(r['mac_fraction'], 3)} | {_fmt(r['theoretical_speedup'])}x | {_fmt(r['sampling_s'], 1)} | "
-            f"{_fmt(r['wall_speedup'])}x |")
-    if record.get("fid"):
-        lines += ["", f"Real-vs-real floor (N train images vs the same N test images): FID "
-                      f"{record['fid']['floor']:.3f}. FID at small N is biased upwards; compare schedules at equal N. "
-                      "± is the standard deviation over a paired bootstrap of the generated samples (same resampled "
-                      "indices for every schedule; reference fixed): for FID itself, and for the difference to the "
-                      "full schedule's FID, which is what separates two schedules."]
-    lines += [
-        "",
-        "PSNR is over all pixels of all N images (pooled MSE, images in [0, 1]; '-' for the full schedule itself, "
-        "the reference); cosine is the mean over samples of "
-        "the cosine similarity of the final samples, both against the full schedule on the same noise. Speedup "
-        "(MACs) is `Plan.theoretical_speedup` from the analytic cost model; wall speedup is measured on a shared "
-        "CPU and only indicative.",
-        "",
-        "Figures: `fid_vs_macs.png`; per-schedule class grids `samples_<schedule>.png` (rows: classes 0-9, "
-        "columns: the first samples of each class, same noise in every file).",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -495,8 +432,12 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{name:<22} {family:<30} not available: {exc}")
                 continue
             plan = plan_for(schedule, spec)
-            log(f"{name:<22} {family:<30} {params_text(schedule, plan):<40} "
-                f"{plan.total_macs(costs) / 1e9:6.3f} GMACs/img  {plan.theoretical_speedup(costs):.2f}x")
+            if is_adaptive(plan):
+                low, high = plan.macs_bounds(costs)
+                macs = f"{low / 1e9:6.3f}-{high / 1e9:.3f} GMACs/img  up to {high / low:.2f}x (decided at run time)"
+            else:
+                macs = f"{plan.total_macs(costs) / 1e9:6.3f} GMACs/img  {plan.theoretical_speedup(costs):.2f}x"
+            log(f"{name:<22} {family:<30} {params_text(schedule, plan):<40} {macs}")
         return 0
     try:
         schedules = {name: load_entry(name, table[name][1]) for name in names}  # only those asked for
@@ -571,8 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         psnr_pooled = None if mse == 0 else float(10 * np.log10(1.0 / mse))  # None: identical to full
         per_image = per_image_psnr(o.images, full.images)
         finite = per_image[np.isfinite(per_image)]  # images identical to full's have no PSNR
+        macs = macs_per_image(plan, costs, o)
+        full_macs = float(costs.full * plan.num_steps)
         row = {
-            "schedule": name, "family": family, "cache": plan.cache, "params": params_text(schedules[name], plan), "n": args.n,
+            "schedule": name, "family": family, "cache": plan.cache,
+            "params": params_text(schedules[name], plan, o.replayed), "n": args.n,
+            "batch_size": sampling_batch(plan, args.batch_size),
             "fid": fidlib.fid_from_features(o.features, ref) if with_fid else None,
             "fid_boot_std": boot.get(name, {}).get("fid_boot_std"),
             "fid_delta_vs_full": None,
@@ -581,20 +526,23 @@ def main(argv: list[str] | None = None) -> int:
             "psnr_vs_full_db": psnr_pooled,
             "psnr_vs_full_mean_db": float(finite.mean()) if len(finite) else None,
             "cosine_vs_full": float(per_sample_cosine(o.samples, full.samples).mean()),
-            "gmacs_per_image": plan.total_macs(costs) / 1e9,
-            "mac_fraction": 1.0 / plan.theoretical_speedup(costs),
-            "theoretical_speedup": plan.theoretical_speedup(costs),
+            "gmacs_per_image": macs / 1e9,
+            "mac_fraction": macs / full_macs,
+            "theoretical_speedup": full_macs / macs,
+            "macs_decided_at_run_time": is_adaptive(plan),
             "sampling_s": o.sampling_s,
             "images_per_s": args.n / o.sampling_s if o.sampling_s else None,
             "wall_speedup": full.sampling_s / o.sampling_s if o.sampling_s else None,
             "inception_s": o.inception_s,
-            "plan_variants": [v.name for v in plan.variants],
+            "plan_variants": list(plan.programs) if is_adaptive(plan) else [v.name for v in plan.variants],
+            **({"replayed_steps_histogram": {int(k): int(c) for k, c in zip(*np.unique(o.replayed, return_counts=True))}}
+               if o.replayed is not None else {}),  # replayed steps -> samples whose batch replayed that many
             "schedule_spec": plan.schedule,
         }
         if row["fid"] is not None:
             row["fid_delta_vs_full"] = row["fid"] - (rows[0]["fid"] if rows else row["fid"])
         rows.append(row)
-        log(f"{name:<22} FID {_pm(row['fid'], row['fid_boot_std']):>15}  Δ {_pm(row['fid_delta_vs_full'], row['fid_delta_boot_std'], True):>14}  PSNR {_fmt(row['psnr_vs_full_db']):>6} dB  cos "
+        log(f"{name:<22} FID {pm(row['fid'], row['fid_boot_std']):>15}  Δ {pm(row['fid_delta_vs_full'], row['fid_delta_boot_std'], True):>14}  PSNR {fmt(row['psnr_vs_full_db']):>6} dB  cos "
             f"{row['cosine_vs_full']:.5f}  {row['gmacs_per_image']:.3f} GMACs/img  {row['theoretical_speedup']:.2f}x  "
             f"sampling {row['sampling_s']:.1f} s")
 

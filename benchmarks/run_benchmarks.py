@@ -40,6 +40,17 @@ FIDELITY_NOTE = ("final latents (before any VAE decode) of each row against its 
                  "max - min of the reference latents; cosine over all elements")
 
 
+def baseline_note(model: str) -> str:
+    """What the stock row runs: the family's own diffusers pipeline (graphs.family StockPipeline)."""
+    from ditcache.graphs.registry import get_spec
+
+    spec = get_spec(model)
+    text = " on the same prompt embeddings (no text encoders)" if spec.text_conditioned else ""
+    return (f"stock = diffusers {spec.family_record.stock.class_name}.__call__{text}, unmodified, eager, built from "
+            "the same transformer weights and a compiler.runtime.sampling.make_scheduler scheduler, with "
+            "a stand-in VAE whose decode returns the latents (VAE decode excluded from every row)")
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DITCACHE_BENCH_CACHE", Path.home() / ".cache" / "ditcache" / "bench"))
 
@@ -361,10 +372,7 @@ def write_outputs(cfg: BenchConfig, args, out_dir: Path, results: list[dict[str,
                         "bytes per element at the row's precision; rest = peak - weights; artifacts = engine files "
                         "on disk from the export report" + ("; CUDA rows also report torch's peak allocation"
                                                            if cfg.device == "cuda" else "")),
-        "baseline_note": ("stock = diffusers DiTPipeline.__call__ (PixArtAlphaPipeline for text-conditioned models, on "
-                          "the same prompt embeddings) unmodified, eager, built from the same transformer "
-                          "weights and a compiler.sampling.make_scheduler scheduler, with a stand-in VAE whose "
-                          "decode returns the latents (VAE decode excluded from every row)"),
+        "baseline_note": baseline_note(cfg.model),
         "peers_note": PEERS_NOTE if any(r.get("peer") for r in rows) else None,
         "warnings": _warnings_for(context["warnings"], rows),
         "total_wall_s": time.perf_counter() - context["start"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the calibrated dit-fmnist schedules used by benchmarks/eval_quality.py (minutes on 2 CPU cores):
-# change curves at the evaluation's sampler/steps/guidance (DDIM, 20 steps, guidance 1.5), four block-cache
-# schedules solved for a target speedup, closed-form scale/shift for the three faster ones, trained scale/shift
+# change curves at the evaluation's sampler/steps/guidance (DDIM, 20 steps, guidance 1.5), five block-cache
+# schedules solved for a target speedup, closed-form scale/shift for the four faster ones, trained scale/shift
 # for 1.55x and 1.8x, and Δ-DiT (N=2, Nc=8) with its boundary picked from the curves. Calibration seeds (100+)
 # differ from the evaluation's sample seeds. For benchmarks/configs/peers-fmnist.yaml also: error-driven schedules
 # (auto-schedule --objective error, docs/error-driven.md: a greedy search per budget, the longest part, tens of
@@ -14,10 +14,10 @@ common=(--model dit-fmnist --steps 20 --scheduler ddim --guidance 1.5)
 fit=(--model dit-fmnist --scheduler ddim --guidance 1.5)  # steps come from the schedule
 
 $DITCACHE calibrate "${common[@]}" --seeds 100 101 102 103 104 --out curves.json --plot curves.png --quiet
-for target in 1.3 1.55 1.8 2.2; do  # 2.2x: to meet MagCache / FirstBlockCache 0.2 (peers-fmnist.yaml)
+for target in 1.3 1.55 1.8 2.0 2.2; do  # 2.2x: to meet MagCache / FirstBlockCache 0.2 (peers-fmnist.yaml)
   $DITCACHE auto-schedule --curves curves.json --target-speedup "$target" --out "blockcache-${target}x.yaml"
 done
-for target in 1.55 1.8 2.2; do
+for target in 1.55 1.8 2.0 2.2; do
   $DITCACHE fit-correction "${fit[@]}" --schedule "blockcache-${target}x.yaml" --seeds 100 101 --quiet \
     --out "scale-shift-${target}x-closed-form.safetensors" --schedule-out "blockcache-${target}x-closed-form.yaml"
 done
@@ -32,6 +32,9 @@ $DITCACHE auto-schedule --objective error "${common[@]}" "${error_seeds[@]}" --t
   --out error-1.5x.yaml --quiet
 $DITCACHE auto-schedule --objective error "${common[@]}" "${error_seeds[@]}" --target-speedup 2.0 \
   --out error-2x.yaml --quiet
+# and the 2x one with closed-form scale/shift, as the block-cache schedules (eval_quality.py's error-2x-cf)
+$DITCACHE fit-correction "${fit[@]}" --schedule error-2x.yaml --seeds 100 101 --quiet \
+  --out scale-shift-error-2x-closed-form.safetensors --schedule-out error-2x-closed-form.yaml
 # peers-fmnist.yaml's adaptive rows: probe/output curves and rescale polynomial on classes 0..9 x seeds 100, 101,
 # threshold solved on the same runs for the MAC budget
 $DITCACHE calibrate "${common[@]}" --adaptive first-block --seeds 100 101 --out adaptive-first-block.json --quiet

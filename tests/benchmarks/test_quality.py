@@ -160,11 +160,20 @@ def test_every_schedule_builds_a_plan_with_the_expected_speedup():
     from ditcache.graphs.planning import plan_for
     from ditcache.graphs import costs_for, get_spec
 
+    from ditcache.graphs.adaptive import is_adaptive
+
     spec = get_spec("dit-fmnist")
     costs = costs_for(spec, 2)
-    speed = {name: plan_for(eval_quality.load_entry(name, entry), spec).theoretical_speedup(costs)
+    plans = {name: plan_for(eval_quality.load_entry(name, entry), spec)
              for name, (_, entry) in eval_quality.SCHEDULES.items()}
+    speed = {name: plan.theoretical_speedup(costs) for name, plan in plans.items() if not is_adaptive(plan)}
     assert speed["full"] == 1.0
+    # the >= 2x rows meet their budgets; the adaptive ones can reach theirs (decided at run time)
+    assert speed["blockcache-2.0x"] == pytest.approx(2.0, abs=0.03) and speed["error-2x"] >= 1.98
+    assert speed["blockcache-2.0x-cf"] == speed["blockcache-2.0x"] and speed["error-2x-cf"] == speed["error-2x"]
+    for name in ("adaptive-fb-1.5x", "adaptive-fb-2x"):
+        low, high = plans[name].macs_bounds(costs)
+        assert is_adaptive(plans[name]) and high / low > float(name.split("-")[-1][:-1])
     assert speed["delta-N2-Nc8"] == pytest.approx(speed["delta-N2-Nc8-output"])  # the ablation is at equal MACs
     assert speed["delta-N3-Nc9"] == pytest.approx(speed["delta-N3-Nc9-output"])
     for family in ("delta-dit", "block-cache"):
@@ -177,6 +186,36 @@ def test_every_schedule_builds_a_plan_with_the_expected_speedup():
         assert speed[f"{name}-cf"] == speed[f"{name}-tr"] == speed[name]
         corrected = eval_quality.load_entry(name, eval_quality.SCHEDULES[f"{name}-tr"][1])
         assert corrected.corrections.name.endswith("trained.safetensors")
+
+
+def test_eval_quality_adaptive_rows_count_the_macs_their_batches_decided(tmp_path):
+    from ditcache.benchmarks import eval_quality
+    from ditcache.graphs import costs_for, get_spec
+    from ditcache.graphs.planning import plan_for
+
+    out = tmp_path / "q"
+    assert eval_quality.main(["--n", "12", "--batch-size", "50", "--schedules", "adaptive-fb-2x", "--no-fid",
+                              "--no-progress", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    rows = {r["schedule"]: r for r in _read_results(out)["results"]}
+    row = rows["adaptive-fb-2x"]
+    assert row["batch_size"] == eval_quality.ADAPTIVE_BATCH == 10 and row["macs_decided_at_run_time"]
+    histogram = {int(k): v for k, v in row["replayed_steps_histogram"].items()}
+    assert sum(histogram.values()) == 12 and max(histogram) > 0  # batches of 10 and 2; something replayed
+    # MACs from the decisions, recomputed from the cost model: full steps less the replayed blocks' cost
+    spec = get_spec("dit-fmnist")
+    costs = costs_for(spec, 2)
+    plan = plan_for(eval_quality.load_entry("adaptive-fb-2x", eval_quality.SCHEDULES["adaptive-fb-2x"][1]), spec)
+    saved = costs.blocks_range(plan.replay_range.start, plan.replay_range.end)
+    expected = sum(c * (20 * costs.full - r * saved) for r, c in histogram.items()) / 12
+    assert row["gmacs_per_image"] * 1e9 == pytest.approx(expected)
+    assert row["theoretical_speedup"] == pytest.approx(20 * costs.full / expected) and row["theoretical_speedup"] > 1
+    assert row["cosine_vs_full"] < 1.0 and row["psnr_vs_full_db"] is not None  # it moved away from full
+    assert "per batch of 10" in row["params"] and "Adaptive rows decide at run time" in (out / "results.md").read_text()
+    # resuming keeps the decisions
+    assert eval_quality.main(["--n", "12", "--schedules", "adaptive-fb-2x", "--no-fid", "--no-progress",
+                              "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    again = {r["schedule"]: r for r in _read_results(out)["results"]}["adaptive-fb-2x"]
+    assert again["replayed_steps_histogram"] == row["replayed_steps_histogram"]
 
 
 # ---- block roles --------------------------------------------------------------------------------

@@ -46,3 +46,13 @@ def test_shipped_config_plans_every_row(path):
 def test_saved_results_are_checked():
     """The MAC comparison above really runs: the saved CPU tables are found and cover their configs' rows."""
     assert len(_saved_rows("cpu-dit-xl")) >= 20 and len(_saved_rows("cpu-pixart")) >= 10
+
+
+@pytest.mark.parametrize("model, pipeline", [("dit-xl", "DiTPipeline"), ("flux-dev-d2s4", "FluxPipeline"),
+                                             ("sd3-medium", "StableDiffusion3Pipeline")])
+def test_the_results_name_the_stock_pipeline_of_the_models_family(model, pipeline):
+    from ditcache.benchmarks.run_benchmarks import baseline_note
+
+    note = baseline_note(model)
+    assert f"diffusers {pipeline}.__call__" in note
+    assert ("prompt embeddings" in note) == (pipeline != "DiTPipeline")
