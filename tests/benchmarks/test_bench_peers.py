@@ -105,14 +105,14 @@ def weights(tmp_path_factory):
             for m in ("flux-tiny", "wan-tiny")}
 
 
-def _runner(family: str, row_id: str, weights):
+def _runner(family: str, row_id: str, weights, work: Path):
     from ditcache.benchmarks.bench_worker import StockRunner, _schedule, _spec
     from ditcache.benchmarks.flow_peers import PeerRunner
     from ditcache.benchmarks.run_benchmarks import schedule_file
 
     row = next(r for r in build_rows(load_config(CONFIGS / f"tiny-{family}.yaml")) if r.id == row_id)
     row.weights = weights[f"{family}-tiny"]
-    schedule = _schedule({"schedule_file": schedule_file(row, Path("."))})
+    schedule = _schedule({"schedule_file": schedule_file(row, work)})  # an inline schedule is written there
     return (PeerRunner if row.peer else StockRunner)(row, _spec(row), schedule, torch.float32)
 
 
@@ -134,11 +134,11 @@ def _decisions(runner) -> list[bool]:
 
 
 @pytest.mark.parametrize("family, calls_per_step", [("flux", 1), ("wan", 2)])
-def test_first_block_cache_on_the_stock_pipeline(weights, family, calls_per_step):
+def test_first_block_cache_on_the_stock_pipeline(weights, family, calls_per_step, tmp_path):
     """The row's output moves away from the stock pipeline's, its counted blocks are what FirstBlockCache itself
     decided, and WanPipeline's two calls per step keep one cache state each."""
-    stock = _runner(family, "diffusers/fp32/full-6", weights)
-    runner = _runner(family, "fbc-0.6/fp32/full-6", weights)
+    stock = _runner(family, "diffusers/fp32/full-6", weights, tmp_path)
+    runner = _runner(family, "fbc-0.6/fp32/full-6", weights, tmp_path)
     decided = _decisions(runner)
     runner.warmup("variants")
     decided.clear()
