@@ -35,7 +35,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shlex
@@ -49,7 +48,7 @@ import numpy as np
 from ditcache.compiler.atomic import write_atomic
 
 from ditcache.benchmarks.paths import repo_relative
-from ditcache.benchmarks.plots import pyplot
+from ditcache.benchmarks.plots import pyplot, save_figure
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "block_roles_fmnist"
@@ -305,11 +304,7 @@ def _figures(images: dict[str, np.ndarray], stats: dict[str, Any], out: Path, ti
         ax.set_title(label, fontsize=8)
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    write_atomic(out / "measures.png", buf.getvalue())
+    save_figure(plt, fig, out / "measures.png")
 
 
 def _markdown(record: dict[str, Any]) -> str:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-from ditcache.compiler.atomic import write_atomic
 
-from .plots import pyplot
+from .plots import pyplot, save_figure
 
 STYLES = {"ditcache": ("tab:blue", "o"), "diffusers FirstBlockCache": ("tab:orange", "s"),
           "diffusers PyramidAttentionBroadcast": ("tab:green", "^"), "diffusers FasterCache": ("tab:olive", "v"),
@@ -60,8 +58,4 @@ def plot_pareto(record: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=6)
     fig.suptitle(f"{record['name']}: {record['model']}, {record['steps']} {record['scheduler']} steps, guidance "
                  f"{record['guidance']}", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    save_figure(plt, fig, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -16,3 +17,16 @@ def pyplot(what: str) -> Any | None:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(plt: Any, fig: Any, path: Path, dpi: int = 130) -> None:
+    """Lay out ``fig``, write it to ``path`` as PNG atomically (compiler.atomic), and close it."""
+    import io
+
+    from ditcache.compiler.atomic import write_atomic
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ditcache.compiler.atomic import write_atomic
-from ditcache.benchmarks.plots import pyplot
+from ditcache.benchmarks.plots import pyplot, save_figure
 
 
 def plot_fid_vs_macs(rows: list[dict[str, Any]], floor: float | None, path: Path, title: str) -> None:
@@ -47,11 +45,7 @@ def plot_fid_vs_macs(rows: list[dict[str, Any]], floor: float | None, path: Path
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    save_figure(plt, fig, path)
 
 
 def fmt(value: Any, digits: int = 2) -> str:
